@@ -1,0 +1,1 @@
+"""capsule_classifier package."""

@@ -1,0 +1,37 @@
+"""Device choice and mixed precision: CUDA with AMP when present, else CPU in float32."""
+from __future__ import annotations
+
+import contextlib
+from typing import ContextManager
+
+import torch
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """Resolve ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device={name!r} requested but CUDA is not available on this machine")
+    return device
+
+
+def autocast(device: torch.device, enabled: bool = True) -> ContextManager:
+    """Mixed-precision context: float16 autocast on CUDA when ``enabled``, a no-op on the CPU."""
+    if enabled and device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+def grad_scaler(device: torch.device, enabled: bool = True) -> torch.amp.GradScaler:
+    """A gradient scaler that is active only for CUDA AMP."""
+    return torch.amp.GradScaler("cuda", enabled=enabled and device.type == "cuda")
+
+
+def describe(device: torch.device) -> dict:
+    """What the run summary records about the device."""
+    info = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info

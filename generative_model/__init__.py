@@ -1,0 +1,1 @@
+"""generative_model package."""
