@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from experiment.atomic import atomic_open
 from datasets.transforms import preprocess_mask, preprocess_slice
+from experiment.atomic import atomic_open
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from experiment.atomic import atomic_open
 from datasets.figshare import BUNDLE_ARRAYS, EMBEDDED_SAMPLE, read_bundle
+from experiment.atomic import atomic_open
 
 
 def select_series(series: np.ndarray, label: np.ndarray, cvind: np.ndarray, per_cell: int, max_len: int,

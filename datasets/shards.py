@@ -17,13 +17,14 @@ import json
 import os
 import pickle
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from experiment.atomic import atomic_write_bytes, atomic_write_json
 from datasets.figshare import CLASS_NAMES
+from experiment.atomic import atomic_write_bytes, atomic_write_json
 
 MANIFEST = "manifest.json"
 WRITER = "writer.json"

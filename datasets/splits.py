@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
-from experiment.atomic import atomic_write_json
 from datasets.figshare import DataError, SliceSet
+from experiment.atomic import atomic_write_json
 
 PROTOCOLS = ("grouped", "cvind")
 PARTS = ("train", "val", "test")
@@ -50,7 +50,7 @@ def make_folds(data: SliceSet, protocol: str = "grouped", k: int = 7, seed: int 
         val_index = _carve_validation(data, rest, val_fraction, seed + 1000 * (fold + 1))
         train_index = np.setdiff1d(rest, val_index)
         folds.append({"fold": fold, **{part: _describe(data, index) for part, index in
-                                       zip(PARTS, (train_index, val_index, test_index))}})
+                                       zip(PARTS, (train_index, val_index, test_index), strict=True)}})
     return {"protocol": protocol, "k": k, "seed": seed, "val_fraction": val_fraction,
             "data_fingerprint": data.fingerprint, "source": data.source, "folds": folds}
 

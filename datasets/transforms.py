@@ -6,7 +6,7 @@ so a model meets the same intensities at training and at prediction time.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from skimage.transform import resize as _sk_resize

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import ContextManager
+from contextlib import AbstractContextManager
 
 import torch
 
@@ -17,7 +17,7 @@ def select_device(name: str = "auto") -> torch.device:
     return device
 
 
-def autocast(device: torch.device, enabled: bool = True) -> ContextManager:
+def autocast(device: torch.device, enabled: bool = True) -> AbstractContextManager:
     """Mixed-precision context: float16 autocast on CUDA when ``enabled``, a no-op on the CPU."""
     if enabled and device.type == "cuda":
         return torch.autocast(device_type="cuda", dtype=torch.float16)

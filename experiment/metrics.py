@@ -1,7 +1,7 @@
 """Classification metrics (scikit-learn) and cross-validation aggregation."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support

@@ -3,8 +3,9 @@ mirrored to optional live sinks such as visdom. A sink may fail; the JSONL never
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 

@@ -12,8 +12,9 @@ import os
 import platform
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from experiment.atomic import atomic_write_json, atomic_write_text
 
