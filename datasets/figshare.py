@@ -106,14 +106,15 @@ def load_figshare(root: str | os.PathLike | None = None, image_size: int = 128, 
     source = resolve_source(root, image_size)
     key = _cache_key(source, image_size, strict)
     cache = Path(cache_dir or default_cache_dir()) / f"figshare-{key[:20]}.npz"
-    cached = _read_cache(cache, key)
-    if cached is not None:
-        return cached
-    if source.suffix == ".npz":
-        slices = _bundle_slices(source, image_size)
-    else:
-        slices = _mat_slices(source, image_size, strict)
-    _write_cache(cache, key, slices)
+    slices = _read_cache(cache, key)
+    if slices is None:
+        if source.suffix == ".npz":
+            slices = _bundle_slices(source, image_size)
+        else:
+            slices = _mat_slices(source, image_size, strict)
+        _write_cache(cache, key, slices)
+    for name, reason in slices.skipped:  # on every load, cached or not: skipping is never silent
+        log.warning("skipped %s: %s", name, reason)
     return slices
 
 
@@ -189,8 +190,6 @@ def _mat_slices(folder: Path, image_size: int, strict: bool) -> SliceSet:
     from datasets.matlab import scan_mat_folder
 
     records, skipped = scan_mat_folder(folder, strict=strict)
-    for name, reason in skipped:
-        log.warning("skipped %s: %s", name, reason)
     images = np.stack([preprocess_slice(r.image, image_size) for r in records])
     masks = np.stack([preprocess_mask(r.mask, image_size) for r in records])
     return _slice_set(images, masks, np.array([r.label for r in records]), np.array([r.file_id for r in records]),

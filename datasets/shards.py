@@ -18,6 +18,7 @@ import os
 import pickle
 import re
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -142,7 +143,7 @@ class ShardWriter:
             counts = np.bincount(shard["labels"], minlength=len(class_names))
             totals += counts
             sizes.add(tuple(shard["images"].shape[1:]))
-            entries.append({"file": path.name, "sha256": hashlib.sha256(data).hexdigest(),
+            entries.append({"file": path.name, "sha256": _sha256(data),
                             "count": int(shard["labels"].shape[0]), "class_counts": counts.tolist()})
         if len(sizes) != 1:
             raise ShardError(f"{self.folder}: shards have different image sizes {sorted(sizes)}")
@@ -193,29 +194,64 @@ def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
 def read_shards(folder: str | os.PathLike, verify: bool = True) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Load every shard of a finished set: ``(images uint8 N x H x W, labels int64 N, manifest)``.
 
+    Each shard's SHA-256 is computed on a worker thread (hashlib releases the GIL) while the main
+    thread unpickles the file straight into arrays and copies them into a preallocated output.
+
     Raises:
         ShardError: missing manifest or shard, checksum mismatch (naming the shard), bad content.
         UnsafePickleError: a shard references a global outside the allow-list.
     """
     folder = Path(folder)
     manifest = read_manifest(folder)
-    images, labels = [], []
-    for entry in manifest["shards"]:
-        path = folder / entry["file"]
-        if not path.is_file():
-            raise ShardError(f"shard {path} listed in the manifest is missing")
-        data = path.read_bytes()
-        if verify and hashlib.sha256(data).hexdigest() != entry["sha256"]:
-            raise ShardError(f"shard {path} fails its SHA-256 checksum: corrupt or modified")
-        shard = safe_loads(data)
-        if not isinstance(shard, dict) or "images" not in shard or "labels" not in shard:
-            raise ShardError(f"shard {path} does not hold an images/labels dict")
-        shard_images, shard_labels = _validate(shard["images"], shard["labels"], str(path))
-        images.append(shard_images)
-        labels.append(shard_labels)
-    if not images:
+    if not manifest["shards"]:
         raise ShardError(f"{folder} lists no shards")
-    return np.concatenate(images), np.concatenate(labels), manifest
+    height, width = manifest["image_size"]
+    images = np.empty((manifest["num_images"], height, width), dtype=np.uint8)
+    labels = np.empty(manifest["num_images"], dtype=np.int64)
+    start = 0
+    with ThreadPoolExecutor(max_workers=1) as hasher:
+        for entry in manifest["shards"]:
+            path = folder / entry["file"]
+            if not path.is_file():
+                raise ShardError(f"shard {path} listed in the manifest is missing")
+            digest = hasher.submit(_file_sha256, path) if verify else None
+            try:
+                with open(path, "rb") as handle:
+                    shard, failure = RestrictedUnpickler(handle).load(), None
+            except UnsafePickleError:
+                raise
+            except Exception as error:  # a corrupt stream raises many types; the checksum names it below
+                shard, failure = None, error
+            if digest is not None and digest.result() != entry["sha256"]:
+                raise ShardError(f"shard {path} fails its SHA-256 checksum: corrupt or modified")
+            if failure is not None:
+                raise ShardError(f"shard {path} is not a readable pickle: {failure}") from failure
+            if not isinstance(shard, dict) or "images" not in shard or "labels" not in shard:
+                raise ShardError(f"shard {path} does not hold an images/labels dict")
+            shard_images, shard_labels = _validate(shard["images"], shard["labels"], str(path))
+            stop = start + shard_labels.shape[0]
+            if shard_images.shape[1:] != (height, width) or stop > labels.shape[0]:
+                raise ShardError(f"shard {path} does not match its manifest (size or image count)")
+            images[start:stop] = shard_images
+            labels[start:stop] = shard_labels
+            start = stop
+    if start != labels.shape[0]:
+        raise ShardError(f"{folder}: shards hold {start} images, the manifest says {labels.shape[0]}")
+    return images, labels, manifest
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    """SHA-256 of a file, read in 4 MiB chunks into one reused buffer."""
+    digest, buffer = hashlib.sha256(), bytearray(1 << 22)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as handle:
+        while size := handle.readinto(view):
+            digest.update(view[:size])
+    return digest.hexdigest()
 
 
 def _validate(images: np.ndarray, labels: np.ndarray, where: str = "shard") -> tuple[np.ndarray, np.ndarray]:
