@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
-from datasets.figshare import DataError, SliceSet
+from datasets.figshare import DataError, SliceSet, load_figshare
 from experiment.atomic import atomic_write_json
 
 PROTOCOLS = ("grouped", "cvind")
@@ -123,3 +123,15 @@ def _carve_validation(data: SliceSet, rest: np.ndarray, val_fraction: float, see
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed % 2**32)
     _, val = next(splitter.split(np.zeros(rest.size), data.labels[rest], groups))
     return rest[val]
+
+
+def load_fold(data_cfg: Any, fold: int) -> tuple[SliceSet, dict[str, np.ndarray], Path]:
+    """Load the slices that ``data_cfg`` (a :class:`datasets.config.DataConfig` node) names and the
+    ``train`` / ``val`` / ``test`` indices of ``fold``; also returns the fold manifest's path.
+
+    The one way every 2D entry point turns ``data.*`` and ``fold`` into a split.
+    """
+    data = load_figshare(data_cfg.root, data_cfg.image_size, data_cfg.strict, data_cfg.cache_dir)
+    manifest, path = load_or_make_folds(data, data_cfg.folds_dir, data_cfg.split, data_cfg.k,
+                                        data_cfg.split_seed, data_cfg.val_fraction)
+    return data, fold_indices(manifest, data, fold), path

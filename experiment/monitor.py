@@ -14,6 +14,8 @@ from experiment.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
+RUNS_FOLDER = "runs"  # run directories live below it; see visdom_env_name
+
 
 class Sink(Protocol):
     """A live mirror of monitor records (visdom). ``send`` must never block or raise."""
@@ -84,6 +86,10 @@ def build_monitor(run_dir: RunDir, config: Any) -> Monitor:
 
 
 def visdom_env_name(path: Path) -> str:
-    """One visdom environment per run, named after the last three parts of its directory."""
-    parts = [p for p in Path(path).resolve().parts[-3:] if p not in ("/", "")]
-    return "_".join(parts).replace(".", "-")
+    """One visdom environment per run, named after its directory below the last ``runs`` folder
+    (``runs/classifier/capsnet/grouped-k7/scratch/fold0`` -> ``classifier_capsnet_grouped-k7_scratch_fold0``;
+    visdom groups environments by the part before the first ``_``), else after its last three parts."""
+    parts = Path(path).resolve().parts
+    runs = [i for i, part in enumerate(parts[:-1]) if part == RUNS_FOLDER]
+    kept = parts[runs[-1] + 1:] if runs else parts[-3:]
+    return "_".join(p for p in kept if p not in ("/", "")).replace(".", "-")

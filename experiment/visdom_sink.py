@@ -15,7 +15,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +25,29 @@ log = logging.getLogger(__name__)
 
 DEFAULT_RETRY_S = 30.0
 DEFAULT_CLOSE_TIMEOUT_S = 10.0
+IMAGE_WINDOW_PX = 360  # longer side of an image window showing a grid smaller than this
+IMAGE_TITLE_PX = 40
 _STOP = object()
+
+
+class _DropClientChatter(logging.Filter):
+    """Drops the start-up warnings visdom's client logs for every connection made without the
+    incoming websocket, which this module never needs."""
+
+    MESSAGES = ("Setting up a new session", "Without the incoming socket")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.MESSAGES)
 
 
 def connect(server: str, port: int, env: str, timeout_s: float) -> Any:
     """A visdom client for ``env`` whose requests time out after ``timeout_s`` seconds and raise
     ``ConnectionError`` instead of printing; raises ``ConnectionError`` when the server is down."""
     from visdom import Visdom
+
+    client_log = logging.getLogger("visdom")
+    if not any(isinstance(f, _DropClientChatter) for f in client_log.filters):
+        client_log.addFilter(_DropClientChatter())
 
     class _TimeoutVisdom(Visdom):
         """visdom's documented extension point: ``_handle_post`` is meant to be overridden."""
@@ -60,13 +76,17 @@ class RecordPlotter:
             return
         draw(record)
 
+    def line(self, name: str, phase: str, steps: Sequence[float], values: Sequence[float]) -> None:
+        """Append points to the ``phase`` trace of the window of scalar ``name`` (x axis: global step).
+
+        ``update="append"`` makes visdom create the window, or the trace, when it is missing."""
+        self.viz.line(X=np.asarray(steps, dtype=float), Y=np.asarray(values, dtype=float), win=f"scalar:{name}",
+                      env=self.env, name=phase, update="append",
+                      opts={"title": name, "xlabel": "step", "ylabel": name, "showlegend": True})
+
     def _scalars(self, record: dict[str, Any]) -> None:
-        # One window per scalar name, one trace per phase; the x axis is the global step.
-        # ``update="append"`` makes visdom create the window (or the trace) when it is missing.
         for name, value in record["values"].items():
-            self.viz.line(X=np.array([record["step"]]), Y=np.array([value]), win=f"scalar:{name}",
-                          env=self.env, name=record["phase"], update="append",
-                          opts={"title": name, "xlabel": "step", "ylabel": name, "showlegend": True})
+            self.line(name, record["phase"], [record["step"]], [value])
 
     def _image(self, record: dict[str, Any]) -> None:
         from PIL import Image
@@ -74,9 +94,11 @@ class RecordPlotter:
         path = Path(record["run"]) / record["path"]
         with Image.open(path) as image:
             pixels = np.asarray(image.convert("RGB")).transpose(2, 0, 1)
+        height, width = pixels.shape[1:]
+        scale = max(1.0, IMAGE_WINDOW_PX / max(height, width))  # small grids are shown enlarged
         self.viz.image(pixels, win=f"image:{record['name']}", env=self.env,
                        opts={"title": f"{record['name']} ({record['phase']}, epoch {record['epoch']})",
-                             "caption": record["path"]})
+                             "width": round(width * scale), "height": round(height * scale) + IMAGE_TITLE_PX})
 
     def _confusion(self, record: dict[str, Any]) -> None:
         names = list(record["class_names"])

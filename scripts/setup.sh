@@ -22,4 +22,13 @@ if [ ! -f "$STAMP" ]; then
   rm -f "$VENV"/.setup-*
   touch "$STAMP"
 fi
+# visdom's JavaScript/CSS/fonts from npm, checksummed against scripts/visdom_assets.lock.json (offline monitor)
+python scripts/visdom_assets.py --check >/dev/null 2>&1 || python scripts/visdom_assets.py
+# Debian's headless Chromium + chromedriver for tests/test_monitor_browser.py
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+  echo "setup: installing chromium and chromium-driver (apt)"
+  SUDO=$([ "$(id -u)" -eq 0 ] || echo sudo)
+  { $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } \
+    >/dev/null || echo "setup: WARNING chromium not installed; the browser test fails unless ALLOW_NO_BROWSER=1" >&2
+fi
 echo "setup: ready ($(python -c 'import torch; print("torch", torch.__version__)'))"
