@@ -21,7 +21,12 @@ from experiment.atomic import atomic_write_json, atomic_write_text
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
+IDENTITY_FILE = "identity.json"
 CHECKPOINT_DIR = "checkpoints"
+
+
+class RunDirConflict(RuntimeError):
+    """A run directory already holds a different experiment."""
 
 
 class RunDir:
@@ -46,6 +51,27 @@ class RunDir:
     @property
     def summary_path(self) -> Path:
         return self.path / SUMMARY_FILE
+
+    def claim(self, identity: dict[str, Any]) -> None:
+        """Bind this directory to one experiment (data fingerprint, split, fold, model, ...).
+
+        The first call records ``identity``; a later run with a different identity is refused, so a
+        resume never continues checkpoints trained on other data, another split or another model.
+
+        Raises:
+            RunDirConflict: the directory already belongs to a different experiment.
+        """
+        identity = json.loads(json.dumps(identity, default=_plain))
+        path = self.path / IDENTITY_FILE
+        if path.exists():
+            recorded = json.loads(path.read_text(encoding="utf-8"))
+            if recorded != identity:
+                changed = sorted(k for k in set(recorded) | set(identity) if recorded.get(k) != identity.get(k))
+                raise RunDirConflict(
+                    f"run directory {self.path} belongs to another experiment (differs in {changed}); "
+                    "choose another run directory or delete this one")
+            return
+        atomic_write_json(path, identity)
 
     def write_config(self, config: Any) -> None:
         """Write the resolved config (an OmegaConf node or a plain dict) as ``config.yaml``."""

@@ -118,3 +118,12 @@ def test_seeding_is_deterministic_and_keyed() -> None:
     seed_everything(7, 1)
     b = torch.rand(3), np.random.rand(3)
     assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+
+
+def test_rundir_claim_refuses_another_experiment(tmp_path: Path) -> None:
+    from experiment.rundir import RunDirConflict
+
+    RunDir(tmp_path).claim({"data": "abc", "fold": 0})
+    RunDir(tmp_path).claim({"data": "abc", "fold": 0})  # same experiment: resume is fine
+    with pytest.raises(RunDirConflict, match=r"differs in \['data'\]"):
+        RunDir(tmp_path).claim({"data": "xyz", "fold": 0})

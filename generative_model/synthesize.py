@@ -1,0 +1,211 @@
+"""Draw labelled synthetic slices from a trained generator and write them as pickle shards.
+
+    python generative_model/synthesize.py [checkpoint=PATH] [fold=0] [count=7000] [proportions=balanced|real]
+        [out=runs/shards/128px/fold0] [seed=0] [overwrite=false] [data.root=PATH]
+
+Every image is rendered from an augmented condition of one of the fold's *training* slices (see
+``generative_model.conditions``), so its label is known and no held-out patient is involved. Shard ``i``
+draws everything from seeds derived from ``(seed, i)``: a killed run restarts at the first missing shard
+and the finished set is byte-identical to an uninterrupted one.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from datasets.figshare import CLASS_NAMES
+from datasets.shards import ShardWriter, read_manifest
+from experiment.checkpoint import CheckpointError, load_checkpoint, load_model_state
+from experiment.device import select_device
+from experiment.seeding import derive_seed
+from generative_model import config
+from generative_model.conditions import (
+    CONDITION_CHANNELS,
+    AugmentGeometry,
+    Geometry,
+    RandAffine,
+    RandElasticTumour,
+    RandFlip,
+    RandTumourTransplant,
+    brain_masks,
+    render_conditions,
+)
+from generative_model.folds import FoldData, load_fold_data
+from generative_model.networks import UnetGenerator, define_G
+from generative_model.pix2pix import generate
+
+log = logging.getLogger(__name__)
+config.register()
+
+PROPORTIONS = ("balanced", "real")
+_LOCATION_KEYS = ("out", "checkpoint", "run_dir", "overwrite")
+_ARCH_KEYS = {"input_nc", "output_nc", "image_size", "ngf", "norm", "use_dropout"}
+
+
+def class_counts(count: int, proportions: str, train_counts: np.ndarray) -> np.ndarray:
+    """Images per class summing to ``count``: equal shares (``balanced``) or the training set's class
+    shares (``real``), remainders by largest fraction, ties to the lower class index.
+
+    Raises:
+        ValueError: a count below 1 or an unknown ``proportions``.
+    """
+    if count < 1:
+        raise ValueError(f"count must be at least 1, got {count}")
+    if proportions not in PROPORTIONS:
+        raise ValueError(f"unknown proportions {proportions!r}; choose one of {PROPORTIONS}")
+    weights = np.ones(len(CLASS_NAMES)) if proportions == "balanced" else np.asarray(train_counts, dtype=np.float64)
+    exact = count * weights / weights.sum()
+    counts = np.floor(exact).astype(np.int64)
+    for index in np.argsort(-(exact - counts), kind="stable")[: count - int(counts.sum())]:
+        counts[index] += 1
+    return counts
+
+
+def label_plan(counts: np.ndarray, seed: int) -> np.ndarray:
+    """The label of every image to draw (``counts[c]`` of class ``c``), shuffled by ``seed``."""
+    labels = np.repeat(np.arange(len(counts)), counts)
+    return labels[np.random.default_rng(derive_seed(seed)).permutation(labels.size)]
+
+
+def load_generator(path: str | Path, image_size: int, device: torch.device) -> tuple[UnetGenerator, dict[str, Any]]:
+    """The generator stored at ``path`` (``generator.pt`` or an epoch checkpoint) and its checkpoint dict.
+
+    Raises:
+        CheckpointError: unreadable file, no generator in it, another image size or condition layout,
+            or weights that do not fit the recorded architecture.
+    """
+    state = load_checkpoint(path)
+    arch = state.get("arch")
+    if "G" not in state or not isinstance(arch, dict) or set(arch) != _ARCH_KEYS:
+        raise CheckpointError(f"checkpoint {path} holds no pix2pix generator (needs 'G' and 'arch' with "
+                              f"{sorted(_ARCH_KEYS)})")
+    if arch["image_size"] != image_size:
+        raise CheckpointError(f"checkpoint {path} renders {arch['image_size']} px images, but data.image_size="
+                              f"{image_size}; synthesise at the generator's size or train one for this size")
+    if arch["input_nc"] != CONDITION_CHANNELS:
+        raise CheckpointError(f"checkpoint {path} expects {arch['input_nc']} condition channels, this code "
+                              f"builds {CONDITION_CHANNELS}")
+    generator = define_G(**arch)
+    load_model_state(generator, state["G"], str(path))
+    return generator.to(device), state
+
+
+def build_augment(augment: Any, brains: np.ndarray, labels: np.ndarray) -> AugmentGeometry:
+    """Transplant into a same-class brain, elastic tumour warp, flip, then a small affine (``augment.*``)."""
+    return AugmentGeometry([
+        RandTumourTransplant(brains, labels, prob=augment.transplant_prob),
+        RandElasticTumour(alpha=augment.elastic_alpha, sigma=augment.elastic_sigma),
+        RandFlip(prob=augment.flip_prob),
+        RandAffine(rotate_deg=augment.rotate_deg, translate=augment.translate, scale=tuple(augment.scale)),
+    ])
+
+
+def draw_shard(generator: torch.nn.Module, fold: FoldData, brains: np.ndarray, augment: AugmentGeometry,
+               labels: np.ndarray, *, seed: int, shard: int, device: torch.device, batch_size: int,
+               stochastic: bool, amp: bool) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Images of one shard (uint8 ``N x S x S`` for ``labels``) and per-image meta, from seeds ``(seed, shard)``.
+
+    ``brains`` are the brain masks of ``fold.train`` in order; meta records the training slice each tumour
+    came from (``source_file_id``) and whose brain it sits in (``host_file_id``).
+    """
+    rng = np.random.default_rng(derive_seed(seed, shard))
+    torch.manual_seed(derive_seed(seed, shard, 1))
+    train_labels = fold.data.labels[fold.train]
+    pools = {c: np.flatnonzero(train_labels == c) for c in range(len(CLASS_NAMES))}
+    geometries, sources = [], []
+    for label in labels:
+        source = int(rng.choice(pools[int(label)]))
+        row = fold.train[source]
+        real = Geometry(brain=brains[source], tumour=fold.data.masks[row], label=int(label), host=source)
+        geometries.append(augment(real, rng))
+        sources.append(row)
+    conditions = render_conditions(geometries)
+    images = generate(generator, conditions, device=device, batch_size=batch_size, stochastic=stochastic, amp=amp)
+    meta = {"source_file_id": fold.data.file_ids[np.array(sources, dtype=np.int64)],
+            "host_file_id": fold.data.file_ids[fold.train[np.array([g.host for g in geometries], dtype=np.int64)]]}
+    return images, meta
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Write (or finish) the shard set of ``cfg``; return its manifest.
+
+    Raises:
+        DataError / ValueError: bad data root, a class without training slices, a fold out of range.
+        CheckpointError: an unreadable or mismatched generator checkpoint, or one trained for another fold.
+        ShardError: ``out`` holds another generator's shards (without ``overwrite=true``), or a shard could
+            not be written (disk full); shards written before stay valid and a re-run resumes.
+    """
+    if cfg.shard_size < 1:
+        raise ValueError(f"shard_size must be positive, got {cfg.shard_size}")
+    fold = load_fold_data(cfg.data, cfg.fold)
+    device = select_device(cfg.device)
+    generator, state = load_generator(cfg.checkpoint, cfg.data.image_size, device)
+    if state.get("fold", cfg.fold) != cfg.fold:
+        raise CheckpointError(f"checkpoint {cfg.checkpoint} was trained for fold {state.get('fold')}, not fold "
+                              f"{cfg.fold}: its images could leak that fold's test patients into fold {cfg.fold}")
+    train_counts = np.bincount(fold.data.labels[fold.train], minlength=len(CLASS_NAMES))
+    counts = class_counts(cfg.count, cfg.proportions, train_counts)
+    labels = label_plan(counts, cfg.seed)
+    provenance = {
+        "writer": "generative_model.synthesize",
+        "checkpoint_sha256": _sha256(cfg.checkpoint),
+        "fold": fold.fold,
+        "trained_on": fold.describe() if fold.fold is None else f"fold {fold.fold} training patients",
+        "data_fingerprint": fold.data.fingerprint,
+        "seed": int(cfg.seed),
+        "class_counts": counts.tolist(),
+        "device": device.type,
+        "config": _settings(cfg),
+    }
+    writer = ShardWriter(cfg.out, provenance, overwrite=cfg.overwrite)
+    if writer.complete:
+        log.info("%s already holds this complete shard set", cfg.out)
+        return read_manifest(cfg.out)
+    brains = brain_masks(fold.data.images[fold.train], fold.data.masks[fold.train])
+    augment = build_augment(cfg.augment, brains, fold.data.labels[fold.train])
+    num_shards = math.ceil(labels.size / cfg.shard_size)
+    for shard in tqdm(range(num_shards), desc="synthesise shards", leave=False):
+        if writer.has(shard):
+            continue
+        shard_labels = labels[shard * cfg.shard_size:(shard + 1) * cfg.shard_size]
+        images, meta = draw_shard(generator, fold, brains, augment, shard_labels, seed=cfg.seed, shard=shard,
+                                  device=device, batch_size=cfg.batch_size, stochastic=cfg.stochastic, amp=cfg.amp)
+        writer.write(shard, images, shard_labels, meta)
+    manifest = writer.finalize(num_shards)
+    log.info("%d synthetic slices (%s) in %d shards at %s", manifest["num_images"],
+             dict(zip(CLASS_NAMES, manifest["class_counts"], strict=True)), num_shards, cfg.out)
+    return manifest
+
+
+def _settings(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config without the paths and flags that may change between a run and its resume."""
+    settings = OmegaConf.to_container(cfg, resolve=True)
+    for key in _LOCATION_KEYS:
+        settings.pop(key, None)
+    return settings
+
+
+def _sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@hydra.main(config_path="configs", config_name="synthesize", version_base=None)
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()

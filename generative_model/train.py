@@ -1,0 +1,218 @@
+"""Train the conditional pix2pix generator on one fold's training patients.
+
+    python generative_model/train.py [data.root=PATH] [data.image_size=128] [fold=0|null] [epochs=3]
+        [epochs_decay=3] [net.ngf=32] [optim.gan_mode=lsgan] [resume=true] [monitor.visdom=false]
+
+Writes into ``run_dir`` (default ``runs/generative_model/<size>px/fold<k>``): ``config.yaml``,
+``metrics.jsonl`` (losses, learning rate, condition | real | fake grids), ``checkpoints/epoch-NNNN.pt``
+each epoch, ``generator.pt`` (what synthesis loads), ``quality.json`` + grids on the fold's validation
+patients, and ``summary.json``. ``resume=true`` continues from the newest epoch checkpoint and, because
+every epoch reseeds from ``(seed, epoch)``, ends with the same weights as an uninterrupted run.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from experiment.checkpoint import (
+    CheckpointError,
+    epoch_checkpoint_path,
+    latest_checkpoint,
+    load_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+)
+from experiment.device import describe, select_device
+from experiment.monitor import build_monitor
+from experiment.rundir import RunDir
+from experiment.seeding import derive_seed, seed_everything
+from generative_model import config
+from generative_model.conditions import CONDITION_CHANNELS, Geometry, brain_masks, render_conditions
+from generative_model.folds import FoldData, load_fold_data
+from generative_model.networks import define_D, define_G
+from generative_model.pix2pix import LOSS_NAMES, Pix2Pix, count_parameters, generate, images_to_tensor
+from generative_model.quality import comparison_grid, quality_report
+
+log = logging.getLogger(__name__)
+config.register()
+
+GENERATOR_FILE = "generator.pt"
+FLIP_PROB = 0.5  # pix2pix's random mirroring of (condition, image) pairs
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or infinite; the last good epoch checkpoint is kept."""
+
+
+def generator_arch(net: Any, image_size: int) -> dict[str, Any]:
+    """The ``define_G`` keyword arguments of this configuration, stored in checkpoints as ``arch``."""
+    return {"input_nc": CONDITION_CHANNELS, "output_nc": 1, "image_size": int(image_size), "ngf": int(net.ngf),
+            "norm": str(net.norm), "use_dropout": bool(net.dropout)}
+
+
+def build_pix2pix(cfg: DictConfig, device: torch.device) -> Pix2Pix:
+    """Generator, discriminator, losses, optimisers and schedulers from the config."""
+    net = cfg.net
+    generator = define_G(**generator_arch(net, cfg.data.image_size), init_type=net.init_type,
+                         init_gain=net.init_gain)
+    discriminator = define_D(input_nc=CONDITION_CHANNELS + 1, ndf=net.ndf, n_layers=net.d_layers, norm=net.norm,
+                             init_type=net.init_type, init_gain=net.init_gain)
+    return Pix2Pix(generator=generator, discriminator=discriminator, lr=cfg.optim.lr, beta1=cfg.optim.beta1,
+                   gan_mode=cfg.optim.gan_mode, lambda_l1=cfg.optim.lambda_l1, epochs=cfg.epochs,
+                   epochs_decay=cfg.epochs_decay, device=device, amp=cfg.amp)
+
+
+def make_batch(fold: FoldData, brains: np.ndarray, index: np.ndarray,
+               rng: np.random.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Conditions and real images of training slices ``index`` (positions in ``fold.train``), each pair
+    mirrored left-right with probability :data:`FLIP_PROB` when ``rng`` is given."""
+    rows = fold.train[index]
+    data = fold.data
+    conditions = render_conditions([Geometry(brain=brains[i], tumour=data.masks[r], label=int(data.labels[r]))
+                                    for i, r in zip(index, rows, strict=True)])
+    images = data.images[rows]
+    if rng is not None:
+        flip = rng.random(len(index)) < FLIP_PROB
+        conditions[flip] = conditions[flip][..., ::-1]
+        images = np.where(flip[:, None, None], images[..., ::-1], images)
+    return torch.from_numpy(np.ascontiguousarray(conditions)), images_to_tensor(images)
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Train (or resume) the generator of ``cfg.fold``; return the run summary.
+
+    Raises:
+        DataError / ValueError: bad data root, a class without training slices, a fold out of range.
+        FileExistsError: ``run_dir`` already holds checkpoints and ``resume`` is false.
+        CheckpointError: the checkpoint to resume is unreadable or was made for another architecture.
+        TrainingDiverged: a NaN/inf loss (the last good checkpoint stays).
+    """
+    fold = load_fold_data(cfg.data, cfg.fold)
+    device = select_device(cfg.device)
+    run_dir = RunDir(cfg.run_dir)
+    resume_from = latest_checkpoint(run_dir.checkpoints)
+    if resume_from is not None and not cfg.resume:
+        raise FileExistsError(f"{run_dir.path} already holds checkpoints (newest {resume_from.name}); pass "
+                              "resume=true to continue that run or choose another run_dir=")
+    run_dir.write_config(cfg)
+    seed_everything(cfg.seed)  # the initial weights
+    model = build_pix2pix(cfg, device)
+    arch = generator_arch(cfg.net, cfg.data.image_size)
+    start_epoch = _resume(model, run_dir, resume_from, arch) if resume_from is not None else 0
+    log.info("pix2pix on %s; %s", fold.describe(), describe(device))
+
+    brains = brain_masks(fold.data.images[fold.train], fold.data.masks[fold.train])
+    total_epochs = cfg.epochs + cfg.epochs_decay
+    batch_size = cfg.optim.batch_size
+    steps_per_epoch = math.ceil(fold.train.size / batch_size)
+    preview = np.arange(min(cfg.preview_count, fold.train.size))
+    monitor = build_monitor(run_dir, cfg.monitor)
+    epoch_losses: dict[str, float] = {}
+    try:
+        for epoch in range(start_epoch + 1, total_epochs + 1):
+            seed_everything(cfg.seed, epoch)
+            rng = np.random.default_rng(derive_seed(cfg.seed, epoch))
+            order = rng.permutation(fold.train.size)
+            model.train()
+            sums = dict.fromkeys(LOSS_NAMES, 0.0)
+            bar = tqdm(range(steps_per_epoch), desc=f"pix2pix epoch {epoch}/{total_epochs}", leave=False,
+                       mininterval=2)
+            for step in bar:
+                model.set_input(*make_batch(fold, brains, order[step * batch_size:(step + 1) * batch_size], rng))
+                losses = model.optimize_parameters()
+                global_step = (epoch - 1) * steps_per_epoch + step + 1
+                _check_finite(losses, epoch, global_step, run_dir)
+                sums = {name: sums[name] + losses[name] for name in LOSS_NAMES}
+                if global_step % cfg.log_every == 0:
+                    monitor.scalars("train", epoch, global_step, losses)
+                bar.set_postfix(G_L1=f"{losses['G_L1']:.3f}", D_fake=f"{losses['D_fake']:.3f}", refresh=False)
+            epoch_losses = {name: total / steps_per_epoch for name, total in sums.items()}
+            lr = model.update_learning_rate()
+            monitor.scalars("epoch", epoch, global_step, {**epoch_losses, "lr": lr})
+            conditions = make_batch(fold, brains, preview)[0].numpy()
+            fakes = generate(model.netG, conditions, device=device, amp=cfg.amp)
+            monitor.image("train", epoch, global_step, "condition-real-fake",
+                          comparison_grid(conditions, fold.data.images[fold.train[preview]], fakes))
+            save_checkpoint(epoch_checkpoint_path(run_dir.checkpoints, epoch),
+                            {**model.state_dict(), "epoch": epoch, "elapsed": run_dir.elapsed(), "arch": arch})
+            prune_checkpoints(run_dir.checkpoints, keep=cfg.keep_checkpoints)
+            log.info("epoch %d/%d: %s, lr %.2e", epoch, total_epochs,
+                     ", ".join(f"{k} {v:.4f}" for k, v in epoch_losses.items()), lr)
+    finally:
+        monitor.close()
+    return _finish(cfg, model, fold, run_dir, arch, device, total_epochs, epoch_losses)
+
+
+def _resume(model: Pix2Pix, run_dir: RunDir, path: Any, arch: dict[str, Any]) -> int:
+    """Load ``path`` into ``model``, drop metrics written after it, and return its epoch."""
+    state = load_checkpoint(path)
+    if state.get("arch") != arch:
+        raise CheckpointError(f"checkpoint {path} was trained with generator {state.get('arch')}, but this "
+                              f"config asks for {arch}; use another run_dir= or the original settings")
+    model.load_state_dict(state, source=str(path))
+    epoch = int(state["epoch"])
+    run_dir.resumed_elapsed = float(state["elapsed"])
+    run_dir.rewind_metrics(lambda record: record.get("epoch", 0) <= epoch)
+    log.info("resumed %s at epoch %d", path, epoch)
+    return epoch
+
+
+def _check_finite(losses: dict[str, float], epoch: int, step: int, run_dir: RunDir) -> None:
+    bad = {name: value for name, value in losses.items() if not math.isfinite(value)}
+    if bad:
+        kept = latest_checkpoint(run_dir.checkpoints)
+        raise TrainingDiverged(f"non-finite loss {bad} at epoch {epoch}, step {step}; training stopped. "
+                               f"Last good checkpoint: {kept or 'none (diverged in the first epoch)'}. Try a "
+                               "lower optim.lr or optim.gan_mode=lsgan, then resume=true")
+
+
+def _finish(cfg: DictConfig, model: Pix2Pix, fold: FoldData, run_dir: RunDir, arch: dict[str, Any],
+            device: torch.device, total_epochs: int, epoch_losses: dict[str, float]) -> dict[str, Any]:
+    """Write ``generator.pt``, the quality report (validation patients) and ``summary.json``."""
+    generator_path = run_dir.path / GENERATOR_FILE
+    save_checkpoint(generator_path, {"G": model.netG.state_dict(), "arch": arch, "epoch": total_epochs,
+                                     "fold": fold.fold, "folds_file": fold.folds_file,
+                                     "data_fingerprint": fold.data.fingerprint})
+    quality = None
+    if fold.val.size:
+        quality = quality_report(model.netG, fold.data.subset(fold.val), run_dir.path, device=device,
+                                 batch_size=cfg.optim.batch_size * 4, amp=cfg.amp)
+    if not epoch_losses:  # resumed a finished run: report its last epoch's losses
+        epoch_records = [r for r in run_dir.read_metrics() if r.get("phase") == "epoch"]
+        epoch_losses = epoch_records[-1]["values"] if epoch_records else {}
+    summary = {
+        "trained_on": fold.describe(),
+        "fold": fold.fold,
+        "folds_file": fold.folds_file,
+        "data_source": fold.data.source,
+        "data_fingerprint": fold.data.fingerprint,
+        "train_slices": int(fold.train.size),
+        "train_class_counts": np.bincount(fold.data.labels[fold.train], minlength=3).tolist(),
+        "image_size": int(cfg.data.image_size),
+        "epochs": total_epochs,
+        "params": {"generator": count_parameters(model.netG), "discriminator": count_parameters(model.netD)},
+        "final_losses": epoch_losses,
+        "generator": str(generator_path),
+        "quality": quality,
+        "device": describe(device),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    run_dir.write_summary(summary)
+    log.info("generator written to %s (%s)", generator_path, fold.describe())
+    return run_dir.read_summary()
+
+
+@hydra.main(config_path="configs", config_name="train", version_base=None)
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()
