@@ -3,10 +3,8 @@ schedule and losses) and ``augment.*`` (condition augmentation for synthesis).""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import OmegaConf
 
 from datasets import config as data_config
 from experiment import config as experiment_config
@@ -53,19 +51,11 @@ class AugmentConfig:
     transplant_prob: float = 0.5
 
 
-def fold_dir(fold: Optional[int]) -> str:
-    """Run-directory name of a fold: ``fold3``, or ``all`` for ``fold=null`` (every patient)."""
-    return "all" if fold is None else f"fold{fold}"
-
-
 def register() -> None:
-    """Register the ``data``, ``monitor``, ``net``, ``optim`` and ``augment`` groups and the ``fold_dir``
-    resolver (idempotent)."""
+    """Register the ``data``, ``monitor``, ``net``, ``optim`` and ``augment`` groups (idempotent)."""
     data_config.register()
     experiment_config.register()
     store = ConfigStore.instance()
     store.store(group="net", name="pix2pix", node=NetConfig)
     store.store(group="optim", name="pix2pix", node=OptimConfig)
     store.store(group="augment", name="default", node=AugmentConfig)
-    if not OmegaConf.has_resolver("fold_dir"):
-        OmegaConf.register_new_resolver("fold_dir", fold_dir)

@@ -21,6 +21,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from datasets.config import data_identity
 from experiment.checkpoint import (
     CheckpointError,
     epoch_checkpoint_path,
@@ -97,6 +98,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     fold = load_fold_data(cfg.data, cfg.fold)
     device = select_device(cfg.device)
     run_dir = RunDir(cfg.run_dir)
+    run_dir.claim({**data_identity(cfg.data, fold.data.fingerprint), "fold": cfg.fold, "seed": cfg.seed,
+                   "net": OmegaConf.to_container(cfg.net, resolve=True)})
     resume_from = latest_checkpoint(run_dir.checkpoints)
     if resume_from is not None and not cfg.resume:
         raise FileExistsError(f"{run_dir.path} already holds checkpoints (newest {resume_from.name}); pass "

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -143,6 +144,8 @@ def _run(cfg: DictConfig, run_dir: RunDir, device: torch.device, distributed: bo
                                               data.test_fraction)
     if is_main_process():
         barrier()
+        run_dir.claim({"split": Path(split_path).name, "model": cfg.model.name, "shape": list(data.shape),
+                       "spacing": list(data.spacing), "time_axis": data.time_axis, "seed": cfg.seed})
         run_dir.write_config(cfg)
     parts = {part: VolumeDataset(records, spec, data.time_axis, cache_dir)
              for part, records in split_records(manifest, scan).items()}

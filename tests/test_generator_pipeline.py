@@ -17,7 +17,7 @@ from datasets.figshare import EMBEDDED_SAMPLE, DataError
 from datasets.shards import ShardError, read_shards
 from experiment.atomic import atomic_open
 from experiment.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from experiment.rundir import RunDir
+from experiment.rundir import RunDir, RunDirConflict
 from generative_model import synthesize, train
 from generative_model.folds import load_fold_data
 from generative_model.pix2pix import Pix2Pix
@@ -116,9 +116,12 @@ def test_resume_after_interruption_equals_uninterrupted_run(base: Path, monkeypa
 def test_resume_with_another_architecture_is_refused(base: Path, trained: Path) -> None:
     run_dir = base / "arch"
     train.run(make_cfg("train", base, "epochs=1", "epochs_decay=0", f"run_dir={run_dir}"))
+    other = make_cfg("train", base, "epochs=2", "epochs_decay=0", "net.ngf=4", "resume=true", f"run_dir={run_dir}")
+    with pytest.raises(RunDirConflict, match=r"differs in \['net'\]"):
+        train.run(other)
+    (run_dir / "identity.json").unlink()  # without the run's identity, the checkpoint's arch still guards it
     with pytest.raises(CheckpointError, match="trained with generator"):
-        train.run(make_cfg("train", base, "epochs=2", "epochs_decay=0", "net.ngf=4", "resume=true",
-                           f"run_dir={run_dir}"))
+        train.run(other)
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(base: Path, monkeypatch: pytest.MonkeyPatch) -> None:
