@@ -1,0 +1,176 @@
+"""A small convolutional capsule network for single-channel MRI slices (Sabour et al., 2017 style).
+
+Layout (total stride 32, so 64/128/256 px inputs change only the number of primary capsules,
+not the parameter count):
+
+    stem     conv 5x5/2 (1->16), conv 3x3/2 (16->32), conv 3x3 (32->32)   BN + ReLU each
+    trunk    conv 3x3/2 (32->64), conv 3x3/2 (64->64)                      BN + ReLU each
+    primary  conv 3x3/2 (64 -> types x dims), squash        -> (side/32)^2 x types capsules
+    class    one capsule per tumour type, dynamic routing-by-agreement (3 iterations)
+    decoder  (optional, training only) the longest class capsule -> a 32x32 reconstruction of the input
+
+Primary-to-class transforms are shared across positions (one matrix per primary capsule type and
+class, as in convolutional capsules), which keeps the network far below 200K parameters. The
+routing is vectorised over samples and capsules; the only Python loop runs over iterations.
+
+:class:`CapsuleObjective` (margin loss + small reconstruction term) plugs into ``experiment.engine``.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["CapsNet", "CapsuleObjective", "ClassCapsules", "capsnet", "margin_loss", "squash"]
+
+RECONSTRUCTION_SIDE = 32
+"""Side of the decoder's target: the input average-pooled to 32x32, so the decoder stays small."""
+
+
+def squash(s: torch.Tensor, dim: int = -1, eps: float = 1e-8) -> torch.Tensor:
+    """Capsule non-linearity ``|s|^2 / (1 + |s|^2) * s / |s|``: keeps the direction, maps the norm into [0, 1)."""
+    squared = (s * s).sum(dim=dim, keepdim=True)
+    return s * (squared / (1.0 + squared) / torch.sqrt(squared + eps))
+
+
+def margin_loss(lengths: torch.Tensor, targets: torch.Tensor, m_plus: float = 0.9, m_minus: float = 0.1,
+                lambda_: float = 0.5) -> torch.Tensor:
+    """Capsule margin loss, summed over classes and averaged over the batch.
+
+    ``L_k = T_k max(0, m+ - |v_k|)^2 + lambda (1 - T_k) max(0, |v_k| - m-)^2`` with ``T`` one-hot targets.
+    """
+    present = F.one_hot(targets, lengths.shape[1]).to(lengths.dtype)
+    loss = present * F.relu(m_plus - lengths) ** 2 + lambda_ * (1.0 - present) * F.relu(lengths - m_minus) ** 2
+    return loss.sum(dim=1).mean()
+
+
+def _conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2, bias=False),
+                         nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
+
+
+class ClassCapsules(nn.Module):
+    """Class capsules from convolutional primary capsules by dynamic routing-by-agreement.
+
+    Input ``(N, T, D_in, H, W)`` primary capsules of ``T`` types; output ``(N, C, D_out)`` class
+    capsules (squashed). One transform matrix per (type, class), shared over positions.
+    """
+
+    def __init__(self, in_types: int, in_dim: int, num_classes: int, out_dim: int, iterations: int = 3) -> None:
+        super().__init__()
+        if iterations < 1:
+            raise ValueError(f"routing needs at least one iteration, got {iterations}")
+        self.iterations = iterations
+        self.weight = nn.Parameter(0.05 * torch.randn(in_types, num_classes, out_dim, in_dim))
+
+    def forward(self, primary: torch.Tensor) -> torch.Tensor:
+        n, types, dim, height, width = primary.shape
+        u = primary.permute(0, 3, 4, 1, 2).reshape(n, height * width, types, dim)
+        # predictions u_hat[n, i, c, :] = W[type(i), c] @ u[n, i]; i runs over positions x types
+        u_hat = torch.einsum("nptd,tcod->nptco", u, self.weight).flatten(1, 2)
+        logits = torch.zeros(u_hat.shape[:3], dtype=u_hat.dtype, device=u_hat.device)
+        detached = u_hat.detach()  # earlier iterations only set coefficients; gradients flow in the last
+        for iteration in range(self.iterations):
+            coupling = logits.softmax(dim=2)
+            last = iteration == self.iterations - 1
+            votes = u_hat if last else detached
+            v = squash((coupling.unsqueeze(-1) * votes).sum(dim=1))
+            if not last:
+                logits = logits + (detached * v.unsqueeze(1)).sum(dim=-1)
+        return v
+
+
+class CapsNet(nn.Module):
+    """Convolutional capsule classifier; ``forward`` returns ``{"poses", "lengths"}`` and, with a
+    decoder in training mode, ``"reconstruction"``.
+
+    Args:
+        num_classes: class capsules (3 tumour types).
+        image_size: input side (divisible by 32; 32 for tests, 64/128/256 in use; 128 gives a 4x4
+            grid of primary capsules, which routes far better than 8x8 in our trials).
+        primary_types, primary_dim: primary capsule types and their dimension.
+        class_dim: class capsule dimension.
+        routing_iterations: routing-by-agreement iterations (3).
+        decoder: add the reconstruction decoder (a regulariser; see :class:`CapsuleObjective`).
+    """
+
+    def __init__(self, num_classes: int = 3, image_size: int = 128, primary_types: int = 16, primary_dim: int = 8,
+                 class_dim: int = 16, routing_iterations: int = 3, decoder: bool = True) -> None:
+        super().__init__()
+        if image_size % 32 or image_size < 32:
+            raise ValueError(f"capsnet needs an image size divisible by 32 and at least 32, got {image_size}")
+        self.image_size, self.primary_types, self.primary_dim = image_size, primary_types, primary_dim
+        self.features = nn.Sequential(
+            _conv_bn_relu(1, 16, 5, 2), _conv_bn_relu(16, 32, 3, 2), _conv_bn_relu(32, 32, 3, 1),
+            _conv_bn_relu(32, 64, 3, 2), _conv_bn_relu(64, 64, 3, 2))
+        self.primary = nn.Conv2d(64, primary_types * primary_dim, 3, stride=2, padding=1)
+        self.classes = ClassCapsules(primary_types, primary_dim, num_classes, class_dim, routing_iterations)
+        self.decoder = _Decoder(num_classes * class_dim) if decoder else None
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = self.primary(self.features(images))
+        n, _, height, width = features.shape
+        primary = squash(features.view(n, self.primary_types, self.primary_dim, height, width), dim=2)
+        poses = self.classes(primary)
+        lengths = torch.sqrt((poses * poses).sum(-1) + 1e-9)
+        output = {"poses": poses, "lengths": lengths}
+        if self.decoder is not None and self.training:
+            # a training-time regulariser only (inference and export skip it); masked by the longest
+            # capsule, so the forward pass needs no labels (one path for training and DDP).
+            mask = F.one_hot(lengths.argmax(1), lengths.shape[1]).to(poses.dtype).unsqueeze(-1)
+            output["reconstruction"] = self.decoder((poses * mask).flatten(1))
+        return output
+
+
+class _Decoder(nn.Module):
+    """Masked class capsules -> a 32x32 image in [0, 1] (linear to 4x4x64, three transposed convs)."""
+
+    def __init__(self, in_features: int) -> None:
+        super().__init__()
+        self.project = nn.Sequential(nn.Linear(in_features, 64 * 4 * 4), nn.ReLU(inplace=True))
+        self.upsample = nn.Sequential(
+            nn.ConvTranspose2d(64, 32, 4, 2, 1), nn.ReLU(inplace=True),
+            nn.ConvTranspose2d(32, 16, 4, 2, 1), nn.ReLU(inplace=True),
+            nn.ConvTranspose2d(16, 1, 4, 2, 1), nn.Sigmoid())
+
+    def forward(self, capsules: torch.Tensor) -> torch.Tensor:
+        return self.upsample(self.project(capsules).view(-1, 64, 4, 4))
+
+
+class CapsuleObjective:
+    """Margin loss plus ``reconstruction_weight`` x the summed squared error of the 32x32 reconstruction.
+
+    The squared error is summed over the 1024 pixels and averaged over the batch, as in Sabour et al.
+    (weight 0.0005 there, on 784 pixels); it regularises the capsules and never dominates the margin.
+    Scores are the class-capsule lengths; probabilities are the lengths normalised to sum to one.
+    """
+
+    def __init__(self, reconstruction_weight: float = 0.0005, m_plus: float = 0.9, m_minus: float = 0.1,
+                 lambda_: float = 0.5) -> None:
+        self.reconstruction_weight = reconstruction_weight
+        self.margins = {"m_plus": m_plus, "m_minus": m_minus, "lambda_": lambda_}
+
+    def loss(self, output: dict[str, torch.Tensor], images: torch.Tensor,
+             targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """Margin (+ weighted reconstruction) loss and its parts."""
+        margin = margin_loss(output["lengths"].float(), targets, **self.margins)
+        parts = {"margin": float(margin.detach())}
+        if "reconstruction" not in output or self.reconstruction_weight == 0:
+            return margin, parts
+        target = F.adaptive_avg_pool2d(images.float(), RECONSTRUCTION_SIDE)
+        error = ((output["reconstruction"].float() - target) ** 2).flatten(1).sum(1).mean()
+        parts["reconstruction"] = float(error.detach())
+        return margin + self.reconstruction_weight * error, parts
+
+    def scores(self, output: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Class-capsule lengths (N, C)."""
+        return output["lengths"]
+
+    def probabilities(self, scores: torch.Tensor) -> torch.Tensor:
+        """Class probabilities from :meth:`scores`: capsule lengths normalised to sum to one per sample."""
+        return scores / scores.sum(dim=1, keepdim=True)
+
+
+def capsnet(num_classes: int = 3, image_size: int = 128, **kwargs) -> CapsNet:
+    """The default capsule network (see :class:`CapsNet` for keyword arguments)."""
+    return CapsNet(num_classes=num_classes, image_size=image_size, **kwargs)

@@ -1,0 +1,118 @@
+"""Export a trained classifier (``model.pt``) to ONNX and check it against PyTorch.
+
+    python capsule_classifier/export.py runs/classifier/capsnet/grouped-k7/scratch/fold0/model.pt [--out model.onnx]
+
+The ONNX graph (opset 17, TorchScript exporter) maps float32 ``image`` ``(batch, 1, S, S)`` with
+intensities in [0, 1] (the training preprocessing, uint8 / 255) to ``probabilities`` ``(batch, C)``;
+the batch axis is dynamic. Model name, image size and class names travel in the ONNX metadata. The
+export is checked with onnxruntime on real slices of the embedded sample: the largest absolute
+probability difference must stay below ``--tolerance`` (1e-4), else the file is not kept.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+
+from capsule_classifier.data import to_input
+from capsule_classifier.deploy import ProbabilityModel, load_classifier
+from datasets.figshare import load_figshare
+from experiment.atomic import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+OPSET = 17
+INPUT_NAME, OUTPUT_NAME = "image", "probabilities"
+TOLERANCE = 1e-4
+
+
+class ExportError(RuntimeError):
+    """The ONNX model disagrees with PyTorch beyond the tolerance."""
+
+
+def sample_slices(image_size: int, count: int = 16) -> np.ndarray:
+    """``count`` real slices of the embedded sample, spread over the set, preprocessed at ``image_size``."""
+    data = load_figshare(None, image_size)
+    index = np.linspace(0, len(data) - 1, num=min(count, len(data))).round().astype(int)
+    return data.images[index]
+
+
+def to_onnx_bytes(classifier: ProbabilityModel, image_size: int, opset: int = OPSET,
+                  metadata: dict[str, str] | None = None) -> bytes:
+    """Serialise ``classifier`` as an ONNX model with a dynamic batch axis and string ``metadata``."""
+    buffer = io.BytesIO()
+    example = torch.zeros(2, 1, image_size, image_size)
+    with warnings.catch_warnings():  # the TorchScript exporter is deprecated but needs no onnxscript
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(classifier, (example,), buffer, dynamo=False, opset_version=opset,
+                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+    model = onnx.load_from_string(buffer.getvalue())
+    for key, value in (metadata or {}).items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def onnx_probabilities(model_bytes: bytes | str | os.PathLike, images: np.ndarray) -> np.ndarray:
+    """Run an ONNX classifier with onnxruntime (CPU) on uint8 slices ``(N, S, S)``."""
+    import onnxruntime
+
+    source = model_bytes if isinstance(model_bytes, bytes) else str(model_bytes)
+    session = onnxruntime.InferenceSession(source, providers=["CPUExecutionProvider"])
+    return session.run([OUTPUT_NAME], {INPUT_NAME: to_input(images).numpy()})[0]
+
+
+def export(checkpoint: str | os.PathLike, out: str | os.PathLike, opset: int = OPSET,
+           tolerance: float = TOLERANCE) -> dict[str, Any]:
+    """Export ``checkpoint`` to ``out`` after checking parity; return the export report.
+
+    Raises:
+        CheckpointError: a missing, corrupt or non-classifier checkpoint.
+        ExportError: ONNX and PyTorch probabilities differ by ``tolerance`` or more.
+    """
+    classifier, meta = load_classifier(checkpoint)
+    size = int(meta["image_size"])
+    metadata = {"model_name": meta["model_name"], "image_size": str(size),
+                "class_names": json.dumps(meta["class_names"]), "opset": str(opset),
+                "input": f"float32 (batch, 1, {size}, {size}), uint8 slice / 255 after preprocess_slice"}
+    payload = to_onnx_bytes(classifier, size, opset, metadata)
+    images = sample_slices(size)
+    with torch.no_grad():
+        expected = classifier(to_input(images)).numpy()
+    difference = float(np.abs(onnx_probabilities(payload, images) - expected).max())
+    report = {"checkpoint": str(checkpoint), "onnx": str(out), "opset": opset, "image_size": size,
+              "model_name": meta["model_name"], "class_names": meta["class_names"], "parity_slices": len(images),
+              "max_abs_probability_difference": difference, "tolerance": tolerance}
+    if not difference < tolerance:
+        raise ExportError(f"ONNX export of {checkpoint} differs from PyTorch by {difference:.3g} "
+                          f"(tolerance {tolerance:g}) on {len(images)} sample slices; not written")
+    atomic_write_bytes(out, payload)
+    log.info("wrote %s (opset %d); max |p_onnx - p_torch| = %.2e on %d sample slices", out, opset, difference,
+             len(images))
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", type=Path, help="model.pt written by capsule_classifier/train.py")
+    parser.add_argument("--out", type=Path, help="ONNX file (default: model.onnx beside the checkpoint)")
+    parser.add_argument("--opset", type=int, default=OPSET)
+    parser.add_argument("--tolerance", type=float, default=TOLERANCE)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    report = export(args.checkpoint, args.out or args.checkpoint.with_suffix(".onnx"), args.opset, args.tolerance)
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

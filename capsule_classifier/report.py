@@ -1,0 +1,188 @@
+"""Cross-validation report over fold run directories of ``capsule_classifier/train.py``.
+
+    python capsule_classifier/report.py runs/classifier/capsnet runs/classifier/resnet50 --out runs/classifier/report
+
+Each ``RUN`` is a fold directory (holding ``summary.json``) or a folder searched for them. Folds are
+grouped by setting (model, pretraining tag, split, image size); per group the report gives mean ±
+sample std of test accuracy and macro-F1 over folds, per-class precision/recall/F1, the summed
+confusion matrix and parameter counts, and a comparison table across groups. Written atomically to
+``--out``: ``report.md``, ``report.json``, ``confusion-<group>.png`` and ``folds-<group>.png``.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from experiment.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from experiment.metrics import aggregate_folds
+from experiment.rundir import SUMMARY_FILE
+
+
+class ReportError(ValueError):
+    """No fold summaries, or inconsistent ones (the message names the files)."""
+
+
+def find_summaries(runs: Sequence[str | os.PathLike]) -> list[tuple[Path, dict[str, Any]]]:
+    """``(path, summary)`` of every finished fold under ``runs`` (fold dirs or folders holding them)."""
+    found: dict[Path, dict[str, Any]] = {}
+    for run in map(Path, runs):
+        if not run.exists():
+            raise ReportError(f"run path does not exist: {run}")
+        paths = [run / SUMMARY_FILE] if (run / SUMMARY_FILE).is_file() else sorted(run.rglob(SUMMARY_FILE))
+        for path in paths:
+            try:
+                summary = json.loads(path.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as error:
+                raise ReportError(f"{path} is not valid JSON: {error}") from error
+            if not {"model", "fold", "test", "class_names"} <= summary.keys():
+                raise ReportError(f"{path} is not a classifier fold summary (needs model, fold, test, class_names)")
+            found[path.resolve()] = summary
+    if not found:
+        raise ReportError(f"no {SUMMARY_FILE} found under {[str(r) for r in runs]}")
+    return sorted(found.items())
+
+
+def group_key(summary: dict[str, Any]) -> str:
+    """The setting a fold belongs to, e.g. ``capsnet/scratch/grouped-k7/128px``."""
+    split = f"{summary.get('split', '?')}-k{summary.get('k', '?')}"
+    return f"{summary['model']}/{summary.get('tag', '?')}/{split}/{summary.get('image_size', '?')}px"
+
+
+def build_report(summaries: Sequence[tuple[Path, dict[str, Any]]]) -> dict[str, Any]:
+    """Aggregate fold summaries per setting.
+
+    Raises:
+        ReportError: the same fold twice in one setting.
+    """
+    groups: dict[str, list[tuple[Path, dict[str, Any]]]] = {}
+    for path, summary in summaries:
+        groups.setdefault(group_key(summary), []).append((path, summary))
+    report: dict[str, Any] = {"groups": {}}
+    for key, members in sorted(groups.items()):
+        folds = [s["fold"] for _, s in members]
+        repeated = sorted({f for f in folds if folds.count(f) > 1})
+        if repeated:
+            raise ReportError(f"setting {key}: fold(s) {repeated} appear more than once: "
+                              f"{[str(p) for p, s in members if s['fold'] in repeated]}")
+        members.sort(key=lambda item: item[1]["fold"])
+        first = members[0][1]
+        class_names = list(first["class_names"])  # JSON objects lose order; the list keeps index order
+        report["groups"][key] = {
+            "model": first["model"], "tag": first.get("tag"), "split": first.get("split"), "k": first.get("k"),
+            "image_size": first.get("image_size"), "folds": [s["fold"] for _, s in members],
+            "runs": [str(p.parent) for p, _ in members], "class_names": class_names,
+            "parameters": first.get("parameters", {}),
+            "per_fold": [{"fold": s["fold"], "accuracy": s["test"]["accuracy"], "macro_f1": s["test"]["macro_f1"],
+                          "n": s["test"].get("n"), "wall_time_s": s.get("wall_time_s")} for _, s in members],
+            "aggregate": aggregate_folds([s["test"] for _, s in members]),
+        }
+    return report
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The report as Markdown: comparison table, then per-setting details."""
+    lines = ["# Cross-validation report", "", "Test metrics per fold, mean ± sample std over folds.", "",
+             "| setting | folds | accuracy | macro-F1 | parameters | ResNet50 / model |",
+             "|---|---|---|---|---|---|"]
+    for key, group in report["groups"].items():
+        agg, params = group["aggregate"], group["parameters"]
+        lines.append(f"| {key} | {len(group['folds'])} | {_pm(agg['accuracy'])} | {_pm(agg['macro_f1'])} | "
+                     f"{params.get('model', '?'):,} | {params.get('resnet50_over_model_without_decoder', '?')} |")
+    for key, group in report["groups"].items():
+        agg = group["aggregate"]
+        names = group["class_names"]
+        lines += ["", f"## {key}", "", f"Folds {group['folds']}; parameters {group['parameters']}.", "",
+                  "| fold | accuracy | macro-F1 | test slices |", "|---|---|---|---|"]
+        lines += [f"| {f['fold']} | {f['accuracy']:.4f} | {f['macro_f1']:.4f} | {f['n']} |" for f in group["per_fold"]]
+        lines += ["", "| class | precision | recall | F1 |", "|---|---|---|---|"]
+        lines += [f"| {name} | {_pm(agg['per_class'][name]['precision'])} | {_pm(agg['per_class'][name]['recall'])} "
+                  f"| {_pm(agg['per_class'][name]['f1'])} |" for name in names]
+        lines += ["", "Summed confusion matrix (rows true, columns predicted):", "",
+                  "| true \\ predicted | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+        lines += [f"| {name} | " + " | ".join(str(v) for v in row) + " |"
+                  for name, row in zip(names, agg["confusion_matrix"], strict=True)]
+        slug = _slug(key)
+        lines += ["", f"![confusion](confusion-{slug}.png) ![folds](folds-{slug}.png)"]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: dict[str, Any], out: str | os.PathLike) -> list[Path]:
+    """Write Markdown, JSON and the PNG plots to ``out``; return the written paths."""
+    out = Path(out)
+    written = [out / "report.md", out / "report.json"]
+    atomic_write_text(written[0], markdown(report))
+    atomic_write_json(written[1], report)
+    for key, group in report["groups"].items():
+        slug = _slug(key)
+        written.append(_save_png(out / f"confusion-{slug}.png", _confusion_figure(key, group)))
+        written.append(_save_png(out / f"folds-{slug}.png", _folds_figure(key, group)))
+    return written
+
+
+def _confusion_figure(key: str, group: dict[str, Any]) -> Any:
+    from matplotlib.figure import Figure
+
+    matrix, names = group["aggregate"]["confusion_matrix"], group["class_names"]
+    figure = Figure(figsize=(4.6, 4.0), layout="constrained")
+    axes = figure.subplots()
+    image = axes.imshow(matrix, cmap="Blues")
+    peak = max(max(row) for row in matrix) or 1
+    for i, row in enumerate(matrix):
+        for j, value in enumerate(row):
+            axes.text(j, i, str(value), ha="center", va="center", color="white" if value > peak / 2 else "black")
+    axes.set(xticks=range(len(names)), yticks=range(len(names)), xticklabels=names, yticklabels=names,
+             xlabel="predicted", ylabel="true", title=f"{key}\nsummed over {len(group['folds'])} folds")
+    axes.title.set_fontsize(8)
+    figure.colorbar(image, ax=axes, shrink=0.8)
+    return figure
+
+
+def _folds_figure(key: str, group: dict[str, Any]) -> Any:
+    from matplotlib.figure import Figure
+
+    folds = group["per_fold"]
+    positions = range(len(folds))
+    figure = Figure(figsize=(max(4.0, 0.7 * len(folds) + 2), 3.2), layout="constrained")
+    axes = figure.subplots()
+    axes.bar([p - 0.2 for p in positions], [f["accuracy"] for f in folds], width=0.4, label="accuracy")
+    axes.bar([p + 0.2 for p in positions], [f["macro_f1"] for f in folds], width=0.4, label="macro-F1")
+    axes.set(xticks=list(positions), xticklabels=[str(f["fold"]) for f in folds], xlabel="fold", ylim=(0, 1),
+             title=key)
+    axes.title.set_fontsize(8)
+    axes.legend(loc="lower right", fontsize=8)
+    return figure
+
+
+def _save_png(path: Path, figure: Any) -> Path:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
+def _pm(stat: dict[str, float]) -> str:
+    return f"{stat['mean']:.4f} ± {stat['std']:.4f}"
+
+
+def _slug(key: str) -> str:
+    return key.replace("/", "_")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", help="fold run directories or folders holding them")
+    parser.add_argument("--out", type=Path, default=Path("runs/classifier/report"), help="output folder")
+    args = parser.parse_args(argv)
+    report = build_report(find_summaries(args.runs))
+    paths = write_report(report, args.out)
+    print(markdown(report).split("\n## ")[0])
+    print(f"wrote {', '.join(str(p) for p in paths)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,239 @@
+"""Train and test one fold of the 2D classifier protocol.
+
+    python capsule_classifier/train.py model=capsnet fold=3 data.root=PATH pretrain.shards=PATH
+    python capsule_classifier/train.py -m model=capsnet fold=0,1,2,3,4,5,6
+    torchrun --nproc_per_node=2 capsule_classifier/train.py model=resnet50 fold=0
+
+Stage 1 (optional) pretrains on synthetic shards; stage 2 fine-tunes on the fold's real training
+patients with augmentation, selects the epoch with the best validation macro-F1 and evaluates it
+once on the fold's test patients. The run directory (deterministic, see ``configs/train.yaml``)
+receives ``config.yaml``, ``metrics.jsonl``, ``checkpoints/``, ``model.pt`` (deployable),
+``predictions.json`` (test file ids, labels, scores) and ``summary.json`` (written last: a fold with a
+summary is finished and is not rerun).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from capsule_classifier import build_model, build_objective
+from capsule_classifier.data import EvalBatches, TrainBatches, load_pretrain_shards
+from capsule_classifier.deploy import save_classifier
+from datasets import config as data_config
+from datasets.augment import slice_augmentation
+from datasets.figshare import CLASS_NAMES, SliceSet, load_figshare
+from datasets.splits import fold_indices, load_or_make_folds
+from experiment import config as experiment_config
+from experiment.atomic import atomic_write_json
+from experiment.checkpoint import load_checkpoint, load_model_state
+from experiment.device import describe, select_device
+from experiment.distributed import barrier, cleanup, init_distributed, is_main_process, local_device, rank, world_size
+from experiment.engine import FitResult, FitSettings, evaluate, fit
+from experiment.monitor import Monitor, build_monitor
+from experiment.rundir import RunDir
+from experiment.seeding import seed_everything
+
+log = logging.getLogger(__name__)
+
+INIT_ONLY_KWARGS = ("weights",)
+"""Builder arguments that only initialise weights (ImageNet file); ``model.pt`` already holds the weights."""
+PHASE_KEYS = {"pretrain": 1, "finetune": 2}
+"""Seed keys of the two stages' sampling and augmentation streams."""
+
+
+def pretrain_tag(shards: str | None) -> str:
+    """Run-directory tag: ``synthetic`` with pretraining shards, ``scratch`` without."""
+    return "scratch" if shards in (None, "", "None", "null") else "synthetic"
+
+
+def split_tag(split: str, k: int) -> str:
+    """Run-directory tag of the split protocol (``cvind`` always has the authors' 5 folds)."""
+    return f"{split}-k{5 if split == 'cvind' else k}"
+
+
+def register() -> None:
+    """Register the config groups and resolvers ``configs/train.yaml`` uses (idempotent)."""
+    data_config.register()
+    experiment_config.register()
+    OmegaConf.register_new_resolver("pretrain_tag", pretrain_tag, replace=True)
+    OmegaConf.register_new_resolver("split_tag", split_tag, replace=True)
+
+
+register()
+
+
+def count_parameters(model: nn.Module, exclude_prefix: str | None = None) -> int:
+    """Number of parameters, optionally without those under ``exclude_prefix`` (e.g. the decoder)."""
+    return sum(p.numel() for name, p in model.named_parameters()
+               if exclude_prefix is None or not name.startswith(exclude_prefix))
+
+
+def parameter_counts(model: nn.Module, image_size: int, num_classes: int) -> dict[str, int | float]:
+    """Parameters of ``model`` (with and without a decoder) and of ResNet50 at the same input size."""
+    with torch.device("meta"):
+        baseline = build_model("resnet50", num_classes=num_classes, image_size=image_size)
+    counts: dict[str, int | float] = {"model": count_parameters(model),
+                                      "model_without_decoder": count_parameters(model, "decoder."),
+                                      "resnet50": count_parameters(baseline)}
+    counts["resnet50_over_model_without_decoder"] = round(counts["resnet50"] / counts["model_without_decoder"], 2)
+    return counts
+
+
+def build_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW without weight decay on norms and biases."""
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, schedule: str, epochs: int, step_size: int,
+                    gamma: float) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-epoch learning-rate schedule: ``cosine`` (to zero over ``epochs``) or ``step``."""
+    if schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1))
+    if schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size, gamma=gamma)
+    raise ValueError(f"train.schedule must be 'cosine' or 'step', got {schedule!r}")
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Train, select and test one fold; return its summary (read back when the fold already finished)."""
+    device = select_device(cfg.device)
+    distributed = init_distributed(device)
+    device = local_device(device)
+    run_dir = RunDir(cfg.run_dir)
+    try:
+        finished = run_dir.read_summary()
+        if finished is not None:
+            log.info("fold already finished: %s", run_dir.summary_path)
+            return finished
+        return _run_fold(cfg, run_dir, device, distributed)
+    finally:
+        cleanup()
+
+
+def _run_fold(cfg: DictConfig, run_dir: RunDir, device: torch.device, distributed: bool) -> dict[str, Any]:
+    data = load_figshare(cfg.data.root, cfg.data.image_size, cfg.data.strict, cfg.data.cache_dir)
+    manifest, folds_path = load_or_make_folds(data, cfg.data.folds_dir, cfg.data.split, cfg.data.k,
+                                              cfg.data.split_seed, cfg.data.val_fraction)
+    parts = {name: data.subset(index) for name, index in fold_indices(manifest, data, cfg.fold).items()}
+    model_kwargs = OmegaConf.to_container(cfg.model.kwargs, resolve=True)
+    seed_everything(cfg.seed)  # the initial weights depend on the seed alone
+    model = build_model(cfg.model.name, num_classes=len(CLASS_NAMES), image_size=cfg.data.image_size,
+                        **model_kwargs).to(device)
+    objective = build_objective(cfg.model.name, **OmegaConf.to_container(cfg.model.objective, resolve=True))
+    trained: nn.Module = DistributedDataParallel(model) if distributed else model
+    if is_main_process():
+        run_dir.write_config(cfg)
+        monitor = build_monitor(run_dir, cfg.monitor)
+    else:
+        monitor = Monitor(run_dir)
+    val_batches = EvalBatches(parts["val"].images, parts["val"].labels, cfg.eval_batch_size)
+    pretrain_info = None
+    try:
+        if pretrain_tag(cfg.pretrain.shards) == "synthetic":
+            pretrain_info = _pretrain(cfg, trained, objective, val_batches, run_dir, monitor, device)
+            barrier()  # rank 0 writes best.pt; every rank starts fine-tuning from it
+            load_model_state(model, load_checkpoint(run_dir.checkpoints / "pretrain" / "best.pt")["model"],
+                             "pretrain best.pt")
+        augmentation = slice_augmentation(**{k: v for k, v in cfg.augment.items() if k != "enabled"}) \
+            if cfg.augment.enabled else None
+        batches = TrainBatches(parts["train"].images, parts["train"].labels, cfg.train.batch_size, cfg.seed,
+                               key=PHASE_KEYS["finetune"], balanced=cfg.train.balanced, augmentation=augmentation,
+                               rank=rank(), world_size=world_size())
+        result = _fit_phase(cfg, "finetune", trained, objective, batches, val_batches, cfg.train.epochs,
+                            cfg.train.lr, run_dir, monitor, device)
+        summary: dict[str, Any] = {}
+        if is_main_process():
+            load_model_state(model, load_checkpoint(result.best_path)["model"], str(result.best_path))
+            summary = _test_and_save(cfg, model, objective, parts, result, model_kwargs, run_dir, device, data,
+                                     folds_path, len(manifest["folds"]), pretrain_info)
+        barrier()
+        return summary if is_main_process() else {}
+    finally:
+        monitor.close()
+
+
+def _pretrain(cfg: DictConfig, trained: nn.Module, objective: Any, val_batches: EvalBatches, run_dir: RunDir,
+              monitor: Monitor, device: torch.device) -> dict[str, Any]:
+    """Stage 1 on synthetic shards (selected on the real validation patients); return its provenance."""
+    images, labels, shard_manifest = load_pretrain_shards(cfg.pretrain.shards, cfg.data.image_size,
+                                                          cfg.pretrain.strict)
+    batches = TrainBatches(images, labels, cfg.train.batch_size, cfg.seed, key=PHASE_KEYS["pretrain"],
+                           balanced=cfg.pretrain.balanced, rank=rank(), world_size=world_size())
+    result = _fit_phase(cfg, "pretrain", trained, objective, batches, val_batches, cfg.pretrain.epochs,
+                        cfg.pretrain.lr, run_dir, monitor, device, patience=0)
+    return {"shards": str(Path(cfg.pretrain.shards).resolve()), "num_images": int(labels.shape[0]),
+            "class_counts": shard_manifest.get("class_counts"), "image_size": shard_manifest.get("image_size"),
+            "provenance": shard_manifest.get("provenance", {}), "best_epoch": result.best_epoch,
+            "best_val": _headline(result.best_val)}
+
+
+def _fit_phase(cfg: DictConfig, phase: str, trained: nn.Module, objective: Any, batches: TrainBatches,
+               val_batches: EvalBatches, epochs: int, lr: float, run_dir: RunDir, monitor: Monitor,
+               device: torch.device, patience: int | None = None) -> FitResult:
+    optimizer = build_optimizer(trained, lr, cfg.train.weight_decay)
+    scheduler = build_scheduler(optimizer, cfg.train.schedule, epochs, cfg.train.step_size, cfg.train.gamma)
+    settings = FitSettings(phase=phase, epochs=epochs, seed=cfg.seed,
+                           patience=cfg.train.patience if patience is None else patience, amp=cfg.amp,
+                           grad_clip=cfg.train.grad_clip, keep_checkpoints=cfg.train.keep_checkpoints)
+    return fit(trained, objective, optimizer, scheduler, batches, val_batches, settings, run_dir, monitor, device,
+               CLASS_NAMES)
+
+
+def _test_and_save(cfg: DictConfig, model: nn.Module, objective: Any, parts: dict[str, SliceSet],
+                   result: FitResult, model_kwargs: dict[str, Any], run_dir: RunDir, device: torch.device,
+                   data: SliceSet, folds_path: Path, k: int, pretrain_info: dict[str, Any] | None) -> dict[str, Any]:
+    """Evaluate the selected model once on the test patients; write predictions, model.pt and summary.json."""
+    test = parts["test"]
+    metrics, y_true, y_score = evaluate(model, objective, EvalBatches(test.images, test.labels, cfg.eval_batch_size),
+                                        device, CLASS_NAMES, cfg.amp)
+    probabilities = objective.probabilities(torch.from_numpy(y_score))
+    atomic_write_json(run_dir.path / "predictions.json", {
+        "class_names": list(CLASS_NAMES), "file_ids": test.file_ids.tolist(), "groups": test.groups.tolist(),
+        "y_true": y_true.tolist(), "y_pred": y_score.argmax(1).tolist(), "scores": y_score.tolist(),
+        "probabilities": probabilities.numpy().round(6).tolist()})
+    deploy_kwargs = {k: v for k, v in model_kwargs.items() if k not in INIT_ONLY_KWARGS}
+    save_classifier(run_dir.path / "model.pt", model, cfg.model.name, deploy_kwargs, cfg.data.image_size,
+                    CLASS_NAMES, fold=int(cfg.fold), epoch=int(result.best_epoch))
+    summary = {
+        "model": cfg.model.name, "model_kwargs": model_kwargs, "fold": int(cfg.fold), "split": cfg.data.split,
+        "k": k, "tag": cfg.tag, "class_names": list(CLASS_NAMES), "pretrained": pretrain_info is not None,
+        "image_size": int(cfg.data.image_size), "seed": int(cfg.seed),
+        "test": metrics, "val": result.best_val, "selected_epoch": result.best_epoch,
+        "epochs_run": result.epochs_run, "stopped_early": result.stopped_early,
+        "parameters": parameter_counts(model, cfg.data.image_size, len(CLASS_NAMES)),
+        "data": {"source": data.source, "fingerprint": data.fingerprint,
+                 "slices": {name: len(part) for name, part in parts.items()},
+                 "groups": {name: len(set(part.groups.tolist())) for name, part in parts.items()}},
+        "folds_file": str(folds_path), "pretrain": pretrain_info, "device": describe(device),
+        "world_size": world_size(), "checkpoint": "model.pt", "predictions": "predictions.json",
+    }
+    run_dir.write_summary(summary)
+    log.info("fold %d test: accuracy %.4f, macro-F1 %.4f (epoch %d) -> %s", cfg.fold, metrics["accuracy"],
+             metrics["macro_f1"], result.best_epoch, run_dir.summary_path)
+    return run_dir.read_summary() or summary
+
+
+def _headline(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(metrics[k]) for k in ("accuracy", "macro_f1", "loss") if k in metrics}
+
+
+@hydra.main(config_path="configs", config_name="train", version_base=None)
+def main(cfg: DictConfig) -> None:
+    summary = run(cfg)
+    if summary:
+        print(f"{cfg.model.name} fold {cfg.fold}: test accuracy {summary['test']['accuracy']:.4f}, "
+              f"macro-F1 {summary['test']['macro_f1']:.4f} -> {cfg.run_dir}")
+
+
+if __name__ == "__main__":
+    main()

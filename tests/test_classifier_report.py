@@ -1,0 +1,55 @@
+"""capsule_classifier/report.py over fabricated fold summaries of two settings."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from capsule_classifier.report import ReportError, build_report, find_summaries, main
+from datasets.figshare import CLASS_NAMES
+from experiment.atomic import atomic_write_json
+from experiment.metrics import classification_metrics
+
+
+def _fold(root: Path, model: str, tag: str, fold: int, errors: int) -> dict:
+    y_true = np.arange(30) % 3
+    y_pred = y_true.copy()
+    y_pred[:errors] = (y_pred[:errors] + 1) % 3
+    summary = {"model": model, "tag": tag, "split": "grouped", "k": 7, "image_size": 128, "fold": fold,
+               "class_names": list(CLASS_NAMES), "test": classification_metrics(y_true, y_pred, CLASS_NAMES),
+               "parameters": {"model": 1000, "resnet50": 23_507_907, "resnet50_over_model_without_decoder": 23507.9}}
+    atomic_write_json(root / model / "grouped-k7" / tag / f"fold{fold}" / "summary.json", summary)
+    return summary
+
+
+def test_report_aggregates_and_compares(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    runs = tmp_path / "runs"
+    caps = [_fold(runs, "capsnet", "scratch", fold, errors) for fold, errors in enumerate((0, 3, 6))]
+    _fold(runs, "resnet50", "synthetic", 0, 9)
+    out = tmp_path / "report"
+    main([str(runs / "capsnet"), str(runs / "resnet50" / "grouped-k7" / "synthetic" / "fold0"), "--out", str(out)])
+    report = json.loads((out / "report.json").read_text())
+    group = report["groups"]["capsnet/scratch/grouped-k7/128px"]
+    accuracies = [s["test"]["accuracy"] for s in caps]
+    assert group["aggregate"]["accuracy"]["mean"] == pytest.approx(np.mean(accuracies))
+    assert group["aggregate"]["accuracy"]["std"] == pytest.approx(np.std(accuracies, ddof=1))
+    assert group["aggregate"]["confusion_matrix"] == np.sum([s["test"]["confusion_matrix"] for s in caps], 0).tolist()
+    assert group["folds"] == [0, 1, 2] and "resnet50/synthetic/grouped-k7/128px" in report["groups"]
+    markdown = (out / "report.md").read_text()
+    assert "| capsnet/scratch/grouped-k7/128px | 3 | 0.9000 ± 0.1000 |" in markdown
+    assert "| true \\ predicted | meningioma | glioma | pituitary |" in markdown
+    for name in ("confusion", "folds"):
+        assert (out / f"{name}-capsnet_scratch_grouped-k7_128px.png").read_bytes()[:4] == b"\x89PNG"
+    assert "resnet50/synthetic" in capsys.readouterr().out
+
+
+def test_report_rejects_duplicates_and_empty(tmp_path: Path) -> None:
+    _fold(tmp_path / "a", "capsnet", "scratch", 0, 1)
+    _fold(tmp_path / "b", "capsnet", "scratch", 0, 2)
+    with pytest.raises(ReportError, match=r"fold\(s\) \[0\] appear more than once"):
+        build_report(find_summaries([tmp_path / "a", tmp_path / "b"]))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ReportError, match="no summary.json found"):
+        find_summaries([tmp_path / "empty"])
