@@ -28,8 +28,9 @@ from capsule_classifier.data import EvalBatches, TrainBatches, load_pretrain_sha
 from capsule_classifier.deploy import save_classifier
 from datasets import config as data_config
 from datasets.augment import slice_augmentation
-from datasets.figshare import CLASS_NAMES, SliceSet, load_figshare
-from datasets.splits import fold_indices, load_or_make_folds
+from datasets.config import data_identity
+from datasets.figshare import CLASS_NAMES, SliceSet
+from datasets.splits import load_fold
 from experiment import config as experiment_config
 from experiment.atomic import atomic_write_json
 from experiment.checkpoint import load_checkpoint, load_model_state
@@ -53,17 +54,11 @@ def pretrain_tag(shards: str | None) -> str:
     return "scratch" if shards in (None, "", "None", "null") else "synthetic"
 
 
-def split_tag(split: str, k: int) -> str:
-    """Run-directory tag of the split protocol (``cvind`` always has the authors' 5 folds)."""
-    return f"{split}-k{5 if split == 'cvind' else k}"
-
-
 def register() -> None:
     """Register the config groups and resolvers ``configs/train.yaml`` uses (idempotent)."""
     data_config.register()
     experiment_config.register()
     OmegaConf.register_new_resolver("pretrain_tag", pretrain_tag, replace=True)
-    OmegaConf.register_new_resolver("split_tag", split_tag, replace=True)
 
 
 register()
@@ -111,20 +106,24 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     device = local_device(device)
     run_dir = RunDir(cfg.run_dir)
     try:
+        data, index, folds_path = load_fold(cfg.data, cfg.fold)
+        if is_main_process():
+            run_dir.claim({**data_identity(cfg.data, data.fingerprint), "fold": cfg.fold, "seed": cfg.seed,
+                           "model": cfg.model.name, "model_kwargs": OmegaConf.to_container(cfg.model.kwargs),
+                           "pretrain_shards": cfg.pretrain.shards})
         finished = run_dir.read_summary()
         if finished is not None:
             log.info("fold already finished: %s", run_dir.summary_path)
             return finished
-        return _run_fold(cfg, run_dir, device, distributed)
+        parts = {name: data.subset(indices) for name, indices in index.items()}
+        return _run_fold(cfg, run_dir, device, distributed, data, parts, folds_path)
     finally:
         cleanup()
 
 
-def _run_fold(cfg: DictConfig, run_dir: RunDir, device: torch.device, distributed: bool) -> dict[str, Any]:
-    data = load_figshare(cfg.data.root, cfg.data.image_size, cfg.data.strict, cfg.data.cache_dir)
-    manifest, folds_path = load_or_make_folds(data, cfg.data.folds_dir, cfg.data.split, cfg.data.k,
-                                              cfg.data.split_seed, cfg.data.val_fraction)
-    parts = {name: data.subset(index) for name, index in fold_indices(manifest, data, cfg.fold).items()}
+def _run_fold(cfg: DictConfig, run_dir: RunDir, device: torch.device, distributed: bool, data: SliceSet,
+              parts: dict[str, SliceSet], folds_path: Path) -> dict[str, Any]:
+    k = 5 if cfg.data.split == "cvind" else cfg.data.k
     model_kwargs = OmegaConf.to_container(cfg.model.kwargs, resolve=True)
     seed_everything(cfg.seed)  # the initial weights depend on the seed alone
     model = build_model(cfg.model.name, num_classes=len(CLASS_NAMES), image_size=cfg.data.image_size,
@@ -155,7 +154,7 @@ def _run_fold(cfg: DictConfig, run_dir: RunDir, device: torch.device, distribute
         if is_main_process():
             load_model_state(model, load_checkpoint(result.best_path)["model"], str(result.best_path))
             summary = _test_and_save(cfg, model, objective, parts, result, model_kwargs, run_dir, device, data,
-                                     folds_path, len(manifest["folds"]), pretrain_info)
+                                     folds_path, k, pretrain_info)
         barrier()
         return summary if is_main_process() else {}
     finally:

@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# The whole 2D protocol for one model over every fold of a split, resumable at every stage:
+#   per fold: generator on the fold's training patients + synthetic shards (scripts/synthesize.sh; skipped
+#   with synthetic=false) -> classifier pretrain on the shards -> fine-tune on real training patients ->
+#   select on validation patients -> test once on the fold's test patients;
+#   then the cross-validation report and an ONNX export of the fold chosen on validation macro-F1.
+#
+#   ./scripts/cross_validate.sh [model=capsnet|resnet50] [synthetic=true|false] [data.root=PATH]
+#       [data.split=grouped|cvind] [data.k=7] [data.image_size=128] [seed=0] [folds=0,1,...] [out=DIR]
+#       [gan.KEY=VALUE ...  (to scripts/synthesize.sh, e.g. gan.epochs=3 gan.count=7000)]
+#       [KEY=VALUE ...      (to capsule_classifier/train.py, e.g. train.epochs=40 monitor.visdom=false)]
+#
+# Re-running the same command after a crash or SIGKILL skips finished stages and continues the
+# unfinished one from its last checkpoint. Generators and shards live beside the classifiers, so
+# capsnet and resnet50 runs with the same data, split, size and seed share them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh >/dev/null
+# shellcheck disable=SC1091
+. .venv/bin/activate
+
+model=capsnet synthetic=true split=grouped k=7 size=128 seed=0 root="" out="" folds=""
+data_args=() gan_args=() clf_args=()
+for arg in "$@"; do
+  case "$arg" in
+    model=*) model=${arg#model=} ;;
+    synthetic=*) synthetic=${arg#synthetic=} ;;
+    out=*) out=${arg#out=} ;;
+    folds=*) folds=${arg#folds=} ;;
+    seed=*) seed=${arg#seed=} ;;
+    data.split=*) split=${arg#data.split=}; data_args+=("$arg") ;;
+    data.k=*) k=${arg#data.k=}; data_args+=("$arg") ;;
+    data.image_size=*) size=${arg#data.image_size=}; data_args+=("$arg") ;;
+    data.root=*) root=${arg#data.root=}; data_args+=("$arg") ;;
+    data.*) data_args+=("$arg") ;;
+    gan.*=*) gan_args+=("${arg#gan.}") ;;
+    *=*) clf_args+=("$arg") ;;
+    *) echo "cross_validate.sh: expected key=value overrides, got '$arg'" >&2; exit 2 ;;
+  esac
+done
+case "$synthetic" in true | false) ;; *) echo "cross_validate.sh: synthetic must be true or false" >&2; exit 2 ;; esac
+[ "$split" = cvind ] && k=5
+split_tag="$split-k$k"
+data_tag=$( [ -z "$root" ] && echo sample || basename "${root%/}" | tr -c 'A-Za-z0-9_.\n-' '_' )
+out=${out:-runs/protocol/$data_tag/$split_tag/${size}px/seed$seed}
+tag=$( [ "$synthetic" = true ] && echo synthetic || echo scratch )
+clf_out="$out/classifier"
+report_dir="$out/report/$model-$tag"
+[ -n "$folds" ] || folds=$(seq -s, 0 $((k - 1)))
+IFS=, read -r -a fold_list <<< "$folds"
+
+per_fold=1; [ "$synthetic" = true ] && per_fold=2
+stages=$(( ${#fold_list[@]} * per_fold + 2 ))
+done_stages=0 started=$(date +%s)
+hms() { printf '%02d:%02d:%02d' $(($1 / 3600)) $(($1 % 3600 / 60)) $(($1 % 60)); }
+progress() {  # progress FOLD-LABEL STAGE STATUS
+  local now elapsed eta="--:--:--"
+  now=$(date +%s) elapsed=$((now - started))
+  [ "$done_stages" -gt 0 ] && eta=$(hms $((elapsed * (stages - done_stages) / done_stages)))
+  printf '[cross_validate] %s | %-22s | %-8s | stage %d/%d | elapsed %s | ETA %s\n' \
+    "$1" "$2" "$3" "$((done_stages + 1))" "$stages" "$(hms "$elapsed")" "$eta" >&2
+}
+
+echo "[cross_validate] model=$model synthetic=$synthetic split=$split_tag size=${size}px seed=$seed -> $out" >&2
+for fold in "${fold_list[@]}"; do
+  label="fold $((fold + 1))/$k"
+  shards="$out/shards/fold$fold"
+  if [ "$synthetic" = true ]; then
+    if [ -f "$shards/manifest.json" ]; then
+      progress "$label" "generator+synthesis" "done"
+    else
+      progress "$label" "generator+synthesis" "running"
+      bash scripts/synthesize.sh "${data_args[@]}" "fold=$fold" "seed=$seed" "run_dir=$out/generator/fold$fold" \
+        "out=$shards" "monitor.visdom=false" "${gan_args[@]}"
+    fi
+    done_stages=$((done_stages + 1))
+    pretrain="pretrain.shards=$shards"
+  else
+    pretrain="pretrain.shards=null"
+  fi
+  run_dir="$clf_out/$model/$split_tag/$tag/fold$fold"
+  if [ -f "$run_dir/summary.json" ]; then
+    progress "$label" "classifier" "done"
+  else
+    progress "$label" "classifier" "running"
+    python capsule_classifier/train.py "model=$model" "fold=$fold" "seed=$seed" "${data_args[@]}" "$pretrain" \
+      "out=$clf_out" "${clf_args[@]}"
+  fi
+  done_stages=$((done_stages + 1))
+done
+
+progress "all folds" "report" "running"
+python capsule_classifier/report.py "$clf_out/$model/$split_tag/$tag" --out "$report_dir"
+done_stages=$((done_stages + 1))
+
+best=$(python - "$clf_out/$model/$split_tag/$tag" "${fold_list[@]}" <<'PY'
+import json, sys
+from pathlib import Path
+root, folds = Path(sys.argv[1]), sys.argv[2:]
+score = {f: json.loads((root / f"fold{f}" / "summary.json").read_text())["val"]["macro_f1"] for f in folds}
+print(max(folds, key=lambda f: (score[f], -int(f))))
+PY
+)
+progress "fold $((best + 1))/$k" "export (best val F1)" "running"
+python capsule_classifier/export.py "$clf_out/$model/$split_tag/$tag/fold$best/model.pt" --out "$report_dir/model.onnx"
+done_stages=$((done_stages + 1))
+echo "[cross_validate] finished all $stages stages in $(hms $(($(date +%s) - started)))" >&2
+echo "[cross_validate] report: $report_dir/report.md  model: $report_dir/model.onnx" >&2
