@@ -34,8 +34,8 @@ from datasets.splits import load_fold
 from experiment import config as experiment_config
 from experiment.atomic import atomic_write_json
 from experiment.checkpoint import load_checkpoint, load_model_state
-from experiment.device import describe, select_device
-from experiment.distributed import barrier, cleanup, init_distributed, is_main_process, local_device, rank, world_size
+from experiment.device import describe
+from experiment.distributed import barrier, cleanup, is_main_process, rank, setup_device, world_size
 from experiment.engine import FitResult, FitSettings, evaluate, fit
 from experiment.monitor import Monitor, build_monitor
 from experiment.rundir import RunDir
@@ -101,9 +101,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, schedule: str, epochs: int
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train, select and test one fold; return its summary (read back when the fold already finished)."""
-    device = select_device(cfg.device)
-    distributed = init_distributed(device)
-    device = local_device(device)
+    device, distributed = setup_device(cfg.device)
     run_dir = RunDir(cfg.run_dir)
     try:
         data, index, folds_path = load_fold(cfg.data, cfg.fold)

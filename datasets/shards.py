@@ -214,7 +214,7 @@ def read_shards(folder: str | os.PathLike, verify: bool = True) -> tuple[np.ndar
             path = folder / entry["file"]
             if not path.is_file():
                 raise ShardError(f"shard {path} listed in the manifest is missing")
-            digest = hasher.submit(_file_sha256, path) if verify else None
+            digest = hasher.submit(file_sha256, path) if verify else None
             try:
                 with open(path, "rb") as handle:
                     shard, failure = RestrictedUnpickler(handle).load(), None
@@ -244,7 +244,7 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: str | os.PathLike) -> str:
     """SHA-256 of a file, read in 4 MiB chunks into one reused buffer."""
     digest, buffer = hashlib.sha256(), bytearray(1 << 22)
     view = memoryview(buffer)

@@ -20,6 +20,16 @@ def init_distributed(device: torch.device) -> bool:
     return True
 
 
+def setup_device(name: str = "auto") -> tuple[torch.device, bool]:
+    """Resolve ``name`` (see :func:`experiment.device.select_device`), join a ``torchrun`` process group when
+    there is one, and return this process's device and whether the run is distributed."""
+    from experiment.device import select_device
+
+    device = select_device(name)
+    distributed = init_distributed(device)
+    return local_device(device), distributed
+
+
 def is_distributed() -> bool:
     """Whether a process group is active."""
     return dist.is_available() and dist.is_initialized()

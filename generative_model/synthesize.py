@@ -10,7 +10,6 @@ and the finished set is byte-identical to an uninterrupted one.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from pathlib import Path
@@ -23,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from datasets.figshare import CLASS_NAMES
-from datasets.shards import ShardWriter, read_manifest
+from datasets.shards import ShardWriter, file_sha256, read_manifest
 from experiment.checkpoint import CheckpointError, load_checkpoint, load_model_state
 from experiment.device import select_device
 from experiment.seeding import derive_seed
@@ -157,7 +156,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     labels = label_plan(counts, cfg.seed)
     provenance = {
         "writer": "generative_model.synthesize",
-        "checkpoint_sha256": _sha256(cfg.checkpoint),
+        "checkpoint_sha256": file_sha256(cfg.checkpoint),
         "fold": fold.fold,
         "trained_on": fold.describe() if fold.fold is None else f"fold {fold.fold} training patients",
         "data_fingerprint": fold.data.fingerprint,
@@ -192,14 +191,6 @@ def _settings(cfg: DictConfig) -> dict[str, Any]:
     for key in _LOCATION_KEYS:
         settings.pop(key, None)
     return settings
-
-
-def _sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @hydra.main(config_path="configs", config_name="synthesize", version_base=None)

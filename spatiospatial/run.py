@@ -40,8 +40,8 @@ from datasets.volumes import (
 )
 from experiment import config as experiment_config
 from experiment.checkpoint import load_checkpoint, load_model_state
-from experiment.device import describe, select_device
-from experiment.distributed import barrier, cleanup, init_distributed, is_main_process, local_device, rank
+from experiment.device import describe
+from experiment.distributed import barrier, cleanup, is_main_process, rank, setup_device
 from experiment.engine import FitSettings, evaluate, fit
 from experiment.monitor import Monitor, build_monitor
 from experiment.rundir import RunDir
@@ -118,9 +118,7 @@ class TrainBatches:
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train, select and test one configuration; return its summary (read back when already finished)."""
-    device = select_device(cfg.device)
-    distributed = init_distributed(device)
-    device = local_device(device)
+    device, distributed = setup_device(cfg.device)
     run_dir = RunDir(cfg.run_dir)
     try:
         finished = run_dir.read_summary()
