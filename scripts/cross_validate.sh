@@ -104,5 +104,16 @@ PY
 progress "fold $((best + 1))/$k" "export (best val F1)" "running"
 python capsule_classifier/export.py "$clf_out/$model/$split_tag/$tag/fold$best/model.pt" --out "$report_dir/model.onnx"
 done_stages=$((done_stages + 1))
+# Class consistency of each fold's shards, judged by the same fold's real-data-only classifier when it exists
+# (a synthetic=false run with the same out=): the share of synthetic slices it assigns to their intended class.
+if [ "$synthetic" = true ]; then
+  for fold in "${fold_list[@]}"; do
+    scratch="$clf_out/$model/$split_tag/scratch/fold$fold"
+    [ -f "$scratch/summary.json" ] || continue
+    [ -f "$scratch/model.onnx" ] || python capsule_classifier/export.py "$scratch/model.pt" --out "$scratch/model.onnx" >/dev/null
+    python -m generative_model.consistency "$out/shards/fold$fold" "$scratch/model.onnx" >/dev/null
+    echo "[cross_validate] fold $((fold + 1))/$k class consistency: $out/shards/fold$fold/consistency.json" >&2
+  done
+fi
 echo "[cross_validate] finished all $stages stages in $(hms $(($(date +%s) - started)))" >&2
 echo "[cross_validate] report: $report_dir/report.md  model: $report_dir/model.onnx" >&2
