@@ -194,8 +194,9 @@ def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
 def read_shards(folder: str | os.PathLike, verify: bool = True) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Load every shard of a finished set: ``(images uint8 N x H x W, labels int64 N, manifest)``.
 
-    Each shard's SHA-256 is computed on a worker thread (hashlib releases the GIL) while the main
-    thread unpickles the file straight into arrays and copies them into a preallocated output.
+    The shards' SHA-256 digests are computed on worker threads (hashlib releases the GIL; one per core,
+    at most 4) while the main thread unpickles each file straight into arrays and copies them into a
+    preallocated output; a shard is accepted only once its digest matches.
 
     Raises:
         ShardError: missing manifest or shard, checksum mismatch (naming the shard), bad content.
@@ -208,13 +209,14 @@ def read_shards(folder: str | os.PathLike, verify: bool = True) -> tuple[np.ndar
     height, width = manifest["image_size"]
     images = np.empty((manifest["num_images"], height, width), dtype=np.uint8)
     labels = np.empty(manifest["num_images"], dtype=np.int64)
+    paths = [folder / entry["file"] for entry in manifest["shards"]]
+    for path in paths:
+        if not path.is_file():
+            raise ShardError(f"shard {path} listed in the manifest is missing")
     start = 0
-    with ThreadPoolExecutor(max_workers=1) as hasher:
-        for entry in manifest["shards"]:
-            path = folder / entry["file"]
-            if not path.is_file():
-                raise ShardError(f"shard {path} listed in the manifest is missing")
-            digest = hasher.submit(file_sha256, path) if verify else None
+    with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as hasher:
+        digests = [hasher.submit(file_sha256, path) if verify else None for path in paths]
+        for entry, path, digest in zip(manifest["shards"], paths, digests, strict=True):
             try:
                 with open(path, "rb") as handle:
                     shard, failure = RestrictedUnpickler(handle).load(), None
