@@ -11,7 +11,8 @@
 #       [KEY=VALUE ...      (to capsule_classifier/train.py, e.g. train.epochs=40 monitor.visdom=false)]
 #
 # Re-running the same command after a crash or SIGKILL skips finished stages and continues the
-# unfinished one from its last checkpoint. Generators and shards live beside the classifiers, so
+# unfinished one from its last checkpoint. (Edit this file by replacing it, never in place: bash reads a
+# running script as it goes.) Generators and shards live beside the classifiers, so
 # capsnet and resnet50 runs with the same data, split, size and seed share them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -51,12 +52,12 @@ IFS=, read -r -a fold_list <<< "$folds"
 
 per_fold=1; [ "$synthetic" = true ] && per_fold=2
 stages=$(( ${#fold_list[@]} * per_fold + 2 ))
-done_stages=0 started=$(date +%s)
+done_stages=0 ran_stages=0 started=$(date +%s)  # ran_stages: stages run (not skipped) by this call
 hms() { printf '%02d:%02d:%02d' $(($1 / 3600)) $(($1 % 3600 / 60)) $(($1 % 60)); }
 progress() {  # progress FOLD-LABEL STAGE STATUS
   local now elapsed eta="--:--:--"
   now=$(date +%s) elapsed=$((now - started))
-  [ "$done_stages" -gt 0 ] && eta=$(hms $((elapsed * (stages - done_stages) / done_stages)))
+  [ "$ran_stages" -gt 0 ] && eta=$(hms $((elapsed * (stages - done_stages) / ran_stages)))
   printf '[cross_validate] %s | %-22s | %-8s | stage %d/%d | elapsed %s | ETA %s\n' \
     "$1" "$2" "$3" "$((done_stages + 1))" "$stages" "$(hms "$elapsed")" "$eta" >&2
 }
@@ -72,6 +73,7 @@ for fold in "${fold_list[@]}"; do
       progress "$label" "generator+synthesis" "running"
       bash scripts/synthesize.sh "${data_args[@]}" "fold=$fold" "seed=$seed" "run_dir=$out/generator/fold$fold" \
         "out=$shards" "monitor.visdom=false" "${gan_args[@]}"
+      ran_stages=$((ran_stages + 1))
     fi
     done_stages=$((done_stages + 1))
     pretrain="pretrain.shards=$shards"
@@ -85,13 +87,14 @@ for fold in "${fold_list[@]}"; do
     progress "$label" "classifier" "running"
     python capsule_classifier/train.py "model=$model" "fold=$fold" "seed=$seed" "${data_args[@]}" "$pretrain" \
       "out=$clf_out" "${clf_args[@]}"
+    ran_stages=$((ran_stages + 1))
   fi
   done_stages=$((done_stages + 1))
 done
 
 progress "all folds" "report" "running"
 python capsule_classifier/report.py "$clf_out/$model/$split_tag/$tag" --out "$report_dir"
-done_stages=$((done_stages + 1))
+done_stages=$((done_stages + 1)) ran_stages=$((ran_stages + 1))
 
 best=$(python - "$clf_out/$model/$split_tag/$tag" "${fold_list[@]}" <<'PY'
 import json, sys
