@@ -87,18 +87,23 @@ def build_report(summaries: Sequence[tuple[Path, dict[str, Any]]]) -> dict[str, 
 def markdown(report: dict[str, Any]) -> str:
     """The report as Markdown: comparison table, then per-setting details."""
     lines = ["# Cross-validation report", "", "Test metrics per fold, mean ± sample std over folds.", "",
-             "| setting | folds | accuracy | macro-F1 | parameters | ResNet50 / model |",
-             "|---|---|---|---|---|---|"]
+             "| setting | folds | accuracy | macro-F1 | parameters (inference / training) | ResNet50 / model "
+             "| classifier wall time (sum of folds) |",
+             "|---|---|---|---|---|---|---|"]
     for key, group in report["groups"].items():
         agg, params = group["aggregate"], group["parameters"]
+        inference = params.get("model_without_decoder", params.get("model"))
         lines.append(f"| {key} | {len(group['folds'])} | {_pm(agg['accuracy'])} | {_pm(agg['macro_f1'])} | "
-                     f"{params.get('model', '?'):,} | {params.get('resnet50_over_model_without_decoder', '?')} |")
+                     f"{_count(inference)} / {_count(params.get('model'))} | "
+                     f"{params.get('resnet50_over_model_without_decoder', '?')} | "
+                     f"{_duration(sum(f['wall_time_s'] or 0.0 for f in group['per_fold']))} |")
     for key, group in report["groups"].items():
         agg = group["aggregate"]
         names = group["class_names"]
         lines += ["", f"## {key}", "", f"Folds {group['folds']}; parameters {group['parameters']}.", "",
-                  "| fold | accuracy | macro-F1 | test slices |", "|---|---|---|---|"]
-        lines += [f"| {f['fold']} | {f['accuracy']:.4f} | {f['macro_f1']:.4f} | {f['n']} |" for f in group["per_fold"]]
+                  "| fold | accuracy | macro-F1 | test slices | wall time |", "|---|---|---|---|---|"]
+        lines += [f"| {f['fold']} | {f['accuracy']:.4f} | {f['macro_f1']:.4f} | {f['n']} | "
+                  f"{_duration(f['wall_time_s'] or 0.0)} |" for f in group["per_fold"]]
         lines += ["", "| class | precision | recall | F1 |", "|---|---|---|---|"]
         lines += [f"| {name} | {_pm(agg['per_class'][name]['precision'])} | {_pm(agg['per_class'][name]['recall'])} "
                   f"| {_pm(agg['per_class'][name]['f1'])} |" for name in names]
@@ -167,6 +172,16 @@ def _save_png(path: Path, figure: Any) -> Path:
 
 def _pm(stat: dict[str, float]) -> str:
     return f"{stat['mean']:.4f} ± {stat['std']:.4f}"
+
+
+def _count(value: Any) -> str:
+    return f"{value:,}" if isinstance(value, int) else "?"
+
+
+def _duration(seconds: float) -> str:
+    """``1h 02m`` / ``6m 12s``."""
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes // 60}h {minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m {secs:02d}s"
 
 
 def _slug(key: str) -> str:
