@@ -15,7 +15,7 @@ Every volume goes through one deterministic path, :func:`load_volume`: optional 
 stripping) -> reorientation to the closest canonical orientation (RAS) -> anti-aliased linear resampling to a
 common spacing -> crop/pad to a fixed shape centred on the brain's bounding box -> z-score inside the brain
 (voxels that differ from the background value) with the background set to 0. Results can be cached per volume.
-Splits are stratified by class, grouped by subject and saved as a JSON manifest.
+Splits (stratified by class, grouped by subject, saved as a JSON manifest) are in :mod:`datasets.volume_splits`.
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ import torch
 from scipy import ndimage
 
 from datasets.figshare import DataError
-from experiment.atomic import atomic_open, atomic_write_json
+from experiment.atomic import atomic_open
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,6 @@ CLASS_NAMES: tuple[str, ...] = ("HGG", "LGG", "healthy")
 
 MODALITIES = ("t1", "t1ce", "t2", "flair")
 LAYOUTS = ("auto", "brats_ixi", "csv")
-PARTS = ("train", "val", "test")
 AXES = ("x", "y", "z")
 """Canonical (RAS) array axes: x left->right, y posterior->anterior, z inferior->superior."""
 
@@ -92,7 +91,7 @@ class VolumeScan:
         """A hash of the labelled file list (relative paths, labels, subjects) and the modality."""
         digest = hashlib.sha256(self.modality.encode())
         for record in self.records:
-            digest.update(f"{_relative(record.path, self.root)}|{record.label}|{record.subject}\n".encode())
+            digest.update(f"{relative_path(record.path, self.root)}|{record.label}|{record.subject}\n".encode())
         return digest.hexdigest()[:16]
 
     def class_counts(self) -> list[int]:
@@ -441,80 +440,8 @@ def prepare_volumes(scan: VolumeScan, spec: VolumeSpec, cache_dir: str | os.Path
     return VolumeScan(scan.root, scan.layout, scan.modality, records, skipped)
 
 
-# ----------------------------------------------------------------------------------------------- splits
-
-
-def make_split(scan: VolumeScan, seed: int = 0, val_fraction: float = 0.2,
-               test_fraction: float = 0.2) -> dict[str, Any]:
-    """A deterministic train/val/test split of ``scan``'s subjects, stratified by class.
-
-    Per class, subjects are shuffled with ``seed``; test and validation take ``round(n * fraction)``
-    subjects each, at least one when the class has enough subjects to keep one for training.
-
-    Raises:
-        ValueError: fractions outside (0, 0.5) or a subject that carries two labels.
-    """
-    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-        if not 0.0 < value < 0.5:
-            raise ValueError(f"{name} must be in (0, 0.5), got {value}")
-    subject_label: dict[str, int] = {}
-    for record in scan.records:
-        if subject_label.setdefault(record.subject, record.label) != record.label:
-            raise ValueError(f"subject {record.subject} has volumes with different labels ({record.path})")
-    parts: dict[str, list[str]] = {part: [] for part in PARTS}
-    rng = np.random.default_rng(seed)
-    for label in range(len(CLASS_NAMES)):
-        subjects = sorted(s for s, lab in subject_label.items() if lab == label)
-        order = [subjects[i] for i in rng.permutation(len(subjects))]
-        n_test = _share(len(order), test_fraction)
-        n_val = _share(len(order) - n_test, val_fraction * len(order) / max(len(order) - n_test, 1))
-        parts["test"] += order[:n_test]
-        parts["val"] += order[n_test:n_test + n_val]
-        parts["train"] += order[n_test + n_val:]
-    manifest: dict[str, Any] = {"layout": scan.layout, "root": str(scan.root), "modality": scan.modality,
-                                "seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction,
-                                "fingerprint": scan.fingerprint, "class_names": list(CLASS_NAMES), "parts": {}}
-    for part, subjects in parts.items():
-        chosen = set(subjects)
-        records = [r for r in scan.records if r.subject in chosen]
-        manifest["parts"][part] = {
-            "subjects": sorted(chosen), "paths": [_relative(r.path, scan.root) for r in records],
-            "class_counts": np.bincount([r.label for r in records], minlength=len(CLASS_NAMES)).tolist()}
-    return manifest
-
-
-def load_or_make_split(scan: VolumeScan, splits_dir: str | os.PathLike, seed: int = 0, val_fraction: float = 0.2,
-                       test_fraction: float = 0.2) -> tuple[dict[str, Any], Path]:
-    """Read the split manifest for these settings from ``splits_dir``, creating it (atomically) if absent.
-
-    Raises:
-        VolumeError: an existing manifest that was made for a different file list.
-    """
-    path = Path(splits_dir) / (f"volumes-{scan.layout}-{scan.modality}-seed{seed}-val{val_fraction:g}"
-                               f"-test{test_fraction:g}-{scan.fingerprint}.json")
-    if path.exists():
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-        if manifest.get("fingerprint") != scan.fingerprint:
-            raise VolumeError(f"split manifest {path} was made for volumes {manifest.get('fingerprint')}, "
-                              f"not for the scanned volumes {scan.fingerprint}")
-        return manifest, path
-    manifest = make_split(scan, seed, val_fraction, test_fraction)
-    atomic_write_json(path, manifest)
-    return manifest, path
-
-
-def split_records(manifest: dict[str, Any], scan: VolumeScan) -> dict[str, list[VolumeRecord]]:
-    """The records of each part (``train``, ``val``, ``test``) of a split manifest."""
-    subjects = {part: set(manifest["parts"][part]["subjects"]) for part in PARTS}
-    return {part: [r for r in scan.records if r.subject in subjects[part]] for part in PARTS}
-
-
-def _share(n: int, fraction: float) -> int:
-    """``round(n * fraction)`` subjects, at least 1 while at least 2 would remain for the other parts."""
-    return min(max(round(n * fraction), 1), n - 2) if n >= 3 else 0
-
-
-def _relative(path: Path, root: Path) -> str:
+def relative_path(path: Path, root: Path) -> str:
+    """``path`` relative to ``root`` in POSIX form (absolute when it lies outside ``root``)."""
     try:
         return path.relative_to(root).as_posix()
     except ValueError:

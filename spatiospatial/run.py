@@ -28,15 +28,14 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from datasets.figshare import default_cache_dir
+from datasets.volume_splits import load_or_make_split, split_records
 from datasets.volumes import (
     CLASS_NAMES,
     VolumeDataset,
     VolumeSpec,
-    load_or_make_split,
     prepare_volumes,
     resolve_hook,
     scan_volumes,
-    split_records,
 )
 from experiment import config as experiment_config
 from experiment.checkpoint import load_checkpoint, load_model_state

@@ -13,19 +13,17 @@ import torch
 from niftis import brain, make_brats_ixi, make_labels_csv, write_nifti
 
 import datasets.volumes as volumes
+from datasets.volume_splits import PARTS, load_or_make_split, make_split, split_records
 from datasets.volumes import (
     VolumeDataset,
     VolumeError,
     VolumeRecord,
     VolumeScan,
     VolumeSpec,
-    load_or_make_split,
     load_volume,
-    make_split,
     prepare_volumes,
     resolve_hook,
     scan_volumes,
-    split_records,
 )
 
 SPEC = VolumeSpec(shape=(16, 16, 16), spacing=(1.5, 1.5, 1.5))
@@ -171,9 +169,9 @@ def test_split_is_deterministic_stratified_and_subject_grouped(tmp_path: Path) -
     manifest = make_split(scan, seed=3, val_fraction=0.2, test_fraction=0.2)
     assert manifest == make_split(scan, seed=3, val_fraction=0.2, test_fraction=0.2)
     assert manifest != make_split(scan, seed=4, val_fraction=0.2, test_fraction=0.2)
-    subjects = [set(manifest["parts"][p]["subjects"]) for p in volumes.PARTS]
+    subjects = [set(manifest["parts"][p]["subjects"]) for p in PARTS]
     assert not (subjects[0] & subjects[1] or subjects[0] & subjects[2] or subjects[1] & subjects[2])
-    assert [manifest["parts"][p]["class_counts"] for p in volumes.PARTS] == [[12, 2, 24], [4, 0, 8], [4, 0, 8]]
+    assert [manifest["parts"][p]["class_counts"] for p in PARTS] == [[12, 2, 24], [4, 0, 8], [4, 0, 8]]
     parts = split_records(manifest, scan)
     assert sum(len(r) for r in parts.values()) == len(scan.records)
     saved, path = load_or_make_split(scan, tmp_path, seed=3)
