@@ -43,6 +43,16 @@ class NonFiniteLossError(RuntimeError):
     """A loss became NaN or infinite; the last good checkpoint is kept."""
 
 
+def check_finite(losses: dict[str, float], where: str, checkpoints: Path) -> None:
+    """Raise :class:`NonFiniteLossError` naming the non-finite losses and the last good checkpoint kept
+    in ``checkpoints`` (shared by every training loop, so a diverged run always stops the same way)."""
+    bad = {name: value for name, value in losses.items() if not math.isfinite(value)}
+    if bad:
+        kept = latest_checkpoint(checkpoints)
+        raise NonFiniteLossError(f"{where}: non-finite loss {bad}; training stopped. Last good checkpoint: "
+                                 f"{kept or 'none yet'}. Lower the learning rate or check the inputs, then resume.")
+
+
 class Objective(Protocol):
     """How a model's output becomes a loss and class scores."""
 
@@ -122,7 +132,7 @@ def fit(model: nn.Module, objective: Objective, optimizer: torch.optim.Optimizer
     for epoch in range(state["epoch"] + 1, settings.epochs + 1):
         seed_everything(settings.seed, _phase_key(settings.phase), epoch)
         train_stats, step = _train_epoch(model, objective, optimizer, scaler, train_loader(epoch), device,
-                                         settings, epoch, state["step"])
+                                         settings, epoch, state["step"], folder)
         state["step"] = step
         if scheduler is not None:
             scheduler.step()
@@ -163,7 +173,7 @@ def fit(model: nn.Module, objective: Objective, optimizer: torch.optim.Optimizer
 
 def _train_epoch(model: nn.Module, objective: Objective, optimizer: torch.optim.Optimizer,
                  scaler: torch.amp.GradScaler, batches: Iterable[Batch], device: torch.device,
-                 settings: FitSettings, epoch: int, step: int) -> tuple[dict[str, float], int]:
+                 settings: FitSettings, epoch: int, step: int, folder: Path) -> tuple[dict[str, float], int]:
     model.train()
     sums: dict[str, float] = {}
     count = 0
@@ -176,10 +186,7 @@ def _train_epoch(model: nn.Module, objective: Objective, optimizer: torch.optim.
             output = model(images)
             loss, parts = objective.loss(output, images, labels)
         loss_value = loss.detach().item()
-        if not math.isfinite(loss_value):
-            raise NonFiniteLossError(
-                f"{settings.phase} epoch {epoch} step {step}: loss is {loss_value}; stopping. The last good "
-                "checkpoint is kept; lower the learning rate or check the inputs.")
+        check_finite({"loss": loss_value}, f"{settings.phase} epoch {epoch} step {step}", folder)
         scaler.scale(loss).backward()
         if settings.grad_clip > 0:
             scaler.unscale_(optimizer)

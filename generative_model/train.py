@@ -31,6 +31,7 @@ from experiment.checkpoint import (
     save_checkpoint,
 )
 from experiment.device import describe, select_device
+from experiment.engine import check_finite
 from experiment.monitor import build_monitor
 from experiment.rundir import RunDir
 from experiment.seeding import derive_seed, seed_everything
@@ -46,10 +47,6 @@ config.register()
 
 GENERATOR_FILE = "generator.pt"
 FLIP_PROB = 0.5  # pix2pix's random mirroring of (condition, image) pairs
-
-
-class TrainingDiverged(RuntimeError):
-    """A loss became NaN or infinite; the last good epoch checkpoint is kept."""
 
 
 def generator_arch(net: Any, image_size: int) -> dict[str, Any]:
@@ -93,7 +90,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         DataError / ValueError: bad data root, a class without training slices, a fold out of range.
         FileExistsError: ``run_dir`` already holds checkpoints and ``resume`` is false.
         CheckpointError: the checkpoint to resume is unreadable or was made for another architecture.
-        TrainingDiverged: a NaN/inf loss (the last good checkpoint stays).
+        NonFiniteLossError: a NaN/inf loss (the last good checkpoint stays).
     """
     fold = load_fold_data(cfg.data, cfg.fold)
     device = select_device(cfg.device)
@@ -131,7 +128,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 model.set_input(*make_batch(fold, brains, order[step * batch_size:(step + 1) * batch_size], rng))
                 losses = model.optimize_parameters()
                 global_step = (epoch - 1) * steps_per_epoch + step + 1
-                _check_finite(losses, epoch, global_step, run_dir)
+                check_finite(losses, f"pix2pix epoch {epoch} step {global_step}", run_dir.checkpoints)
                 sums = {name: sums[name] + losses[name] for name in LOSS_NAMES}
                 if global_step % cfg.log_every == 0:
                     monitor.scalars("train", epoch, global_step, losses)
@@ -165,15 +162,6 @@ def _resume(model: Pix2Pix, run_dir: RunDir, path: Any, arch: dict[str, Any]) ->
     run_dir.rewind_metrics(lambda record: record.get("epoch", 0) <= epoch)
     log.info("resumed %s at epoch %d", path, epoch)
     return epoch
-
-
-def _check_finite(losses: dict[str, float], epoch: int, step: int, run_dir: RunDir) -> None:
-    bad = {name: value for name, value in losses.items() if not math.isfinite(value)}
-    if bad:
-        kept = latest_checkpoint(run_dir.checkpoints)
-        raise TrainingDiverged(f"non-finite loss {bad} at epoch {epoch}, step {step}; training stopped. "
-                               f"Last good checkpoint: {kept or 'none (diverged in the first epoch)'}. Try a "
-                               "lower optim.lr or optim.gan_mode=lsgan, then resume=true")
 
 
 def _finish(cfg: DictConfig, model: Pix2Pix, fold: FoldData, run_dir: RunDir, arch: dict[str, Any],

@@ -107,7 +107,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path, monkeypat
 
     monkeypatch.setattr(CapsuleObjective, "loss", poisoned)
     cfg = make_cfg(tmp_path, "train.epochs=3")
-    with pytest.raises(NonFiniteLossError, match="loss is nan"):
+    with pytest.raises(NonFiniteLossError, match="non-finite loss"):
         train.run(cfg)
     folder = Path(cfg.run_dir) / "checkpoints" / "finetune"
     assert (folder / "epoch-0001.pt").is_file()

@@ -17,6 +17,7 @@ from datasets.figshare import EMBEDDED_SAMPLE, DataError
 from datasets.shards import ShardError, read_shards
 from experiment.atomic import atomic_open
 from experiment.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from experiment.engine import NonFiniteLossError
 from experiment.rundir import RunDir, RunDirConflict
 from generative_model import synthesize, train
 from generative_model.folds import load_fold_data
@@ -137,7 +138,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(base: Path, monkeypatch: 
         return {**losses, "G_L1": float("nan")} if calls["n"] > first_epoch else losses
 
     monkeypatch.setattr(Pix2Pix, "optimize_parameters", diverging)
-    with pytest.raises(train.TrainingDiverged, match="epoch-0001.pt"):
+    with pytest.raises(NonFiniteLossError, match="epoch-0001.pt"):
         train.run(cfg)
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["epoch-0001.pt"]
     assert not (run_dir / train.GENERATOR_FILE).exists()
