@@ -28,17 +28,22 @@ def _run_to_end(out: Path, env: dict[str, str]) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-def _kill_after(out: Path, env: dict[str, str], seconds: float) -> bool:
-    """Start the protocol, SIGKILL its whole process group after ``seconds``; True if it was still running."""
+def _kill_after_progress(out: Path, env: dict[str, str], new_files: int, delay: float) -> bool:
+    """Start the protocol and SIGKILL its whole process group once ``new_files`` more files exist in ``out``
+    (plus ``delay`` seconds, to land mid-write); True if it was still running. Progress-based, so the kills
+    land inside the protocol however fast or loaded the machine is."""
+    count = lambda: sum(1 for p in out.rglob("*") if p.is_file()) if out.exists() else 0  # noqa: E731
+    target = count() + new_files
     process = subprocess.Popen(_command(out), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        process.wait(timeout=seconds)
+    while process.poll() is None and count() < target:
+        time.sleep(0.2)
+    time.sleep(delay)
+    if process.poll() is not None:
         return False
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-        return True
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    return True
 
 
 def _test_results(report_dir: Path) -> dict:
@@ -50,14 +55,12 @@ def _test_results(report_dir: Path) -> dict:
 def test_protocol_survives_random_sigkills(tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "BRAIN_TUMOUR_CACHE": str(tmp_path / "cache")}
     clean, killed = tmp_path / "clean", tmp_path / "killed"
-    started = time.monotonic()
     _run_to_end(clean, env)
-    duration = time.monotonic() - started
 
     rng = random.Random(1234)
     kills = attempts = 0
-    while kills < KILLS and attempts < 3 * KILLS:  # each killed run makes progress, so some may finish
-        kills += _kill_after(killed, env, rng.uniform(0.1, 0.4) * duration)
+    while kills < KILLS and attempts < 3 * KILLS:  # each killed run makes progress, so one may finish
+        kills += _kill_after_progress(killed, env, rng.randint(3, 12), rng.uniform(0.0, 2.0))
         attempts += 1
     assert kills == KILLS, f"only {kills} of {attempts} runs were still going when killed"
     _run_to_end(killed, env)
