@@ -202,11 +202,18 @@ def _slice_set(images: np.ndarray, masks: np.ndarray, labels: np.ndarray, file_i
     labels = np.asarray(labels, dtype=np.int64) - 1
     file_ids = np.asarray(file_ids, dtype=np.int64)
     groups = np.asarray(groups).astype(str)
+    return SliceSet(images.astype(np.uint8), masks.astype(bool), labels, file_ids, groups,
+                    np.asarray(cvind, dtype=np.int64), source, _fingerprint(images, masks, labels, file_ids, groups),
+                    list(skipped))
+
+
+def _fingerprint(images: np.ndarray, masks: np.ndarray, labels: np.ndarray, file_ids: np.ndarray,
+                 groups: np.ndarray) -> str:
+    """16 hex digits of SHA-256 over the model-side content (the data identity runs and folds record)."""
     digest = hashlib.sha256()
     for array in (images, masks, labels, file_ids, groups.astype("U")):
         digest.update(np.ascontiguousarray(array).tobytes())
-    return SliceSet(images.astype(np.uint8), masks.astype(bool), labels, file_ids, groups,
-                    np.asarray(cvind, dtype=np.int64), source, digest.hexdigest()[:16], list(skipped))
+    return digest.hexdigest()[:16]
 
 
 def _cache_key(source: Path, image_size: int, strict: bool) -> str:
@@ -229,8 +236,7 @@ def _read_cache(path: Path, key: str) -> SliceSet | None:
             data = SliceSet(c["images"], c["masks"], c["labels"], c["file_ids"], c["groups"], c["cvind"],
                             str(c["source"]), str(c["fingerprint"]),
                             [tuple(s) for s in json.loads(str(c["skipped"]))])
-            if _slice_set(data.images, data.masks, data.labels + 1, data.file_ids, data.groups, data.cvind,
-                          "", []).fingerprint != data.fingerprint:
+            if _fingerprint(data.images, data.masks, data.labels, data.file_ids, data.groups) != data.fingerprint:
                 raise ValueError("content does not match its fingerprint")
             return data
     except Exception as error:
