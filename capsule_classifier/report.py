@@ -5,7 +5,9 @@
 Each ``RUN`` is a fold directory (holding ``summary.json``) or a folder searched for them. Folds are
 grouped by setting (model, pretraining tag, split, image size); per group the report gives mean ±
 sample std of test accuracy and macro-F1 over folds, per-class precision/recall/F1, the summed
-confusion matrix and parameter counts, and a comparison table across groups. Written atomically to
+confusion matrix and parameter counts, and a comparison table across groups. Every pretrained setting is
+also compared with training from scratch fold by fold (same test patients), which removes the fold-to-fold
+spread of difficulty from the difference. Written atomically to
 ``--out``: ``report.md``, ``report.json``, ``confusion-<group>.png`` and ``folds-<group>.png``.
 """
 from __future__ import annotations
@@ -17,6 +19,9 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+from scipy.stats import wilcoxon
 
 from experiment.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from experiment.metrics import aggregate_folds
@@ -81,11 +86,47 @@ def build_report(summaries: Sequence[tuple[Path, dict[str, Any]]]) -> dict[str, 
                           "n": s["test"].get("n"), "wall_time_s": s.get("wall_time_s")} for _, s in members],
             "aggregate": aggregate_folds([s["test"] for _, s in members]),
         }
+    report["paired"] = paired_comparisons(report["groups"])
     return report
 
 
-def markdown(report: dict[str, Any]) -> str:
-    """The report as Markdown: comparison table, then per-setting details."""
+def paired_comparisons(groups: dict[str, dict[str, Any]], baseline_tag: str = "scratch") -> list[dict[str, Any]]:
+    """Per-fold test differences (setting minus baseline) of each tag against ``baseline_tag``.
+
+    Settings pair when model, split, k and image size agree; only folds present in both count. Per metric:
+    the differences, their mean and sample std, how many folds got better / worse / stayed equal, and the
+    two-sided Wilcoxon signed-rank p-value (``None`` with fewer than two non-zero differences).
+    """
+    def setting(group: dict[str, Any]) -> tuple[Any, ...]:
+        return group["model"], group["split"], group["k"], group["image_size"]
+
+    baselines = {setting(g): key for key, g in groups.items() if g["tag"] == baseline_tag}
+    comparisons = []
+    for key, group in groups.items():
+        base_key = baselines.get(setting(group))
+        if group["tag"] == baseline_tag or base_key is None:
+            continue
+        base = {f["fold"]: f for f in groups[base_key]["per_fold"]}
+        pairs = [(f, base[f["fold"]]) for f in group["per_fold"] if f["fold"] in base]
+        if not pairs:
+            continue
+        comparison: dict[str, Any] = {"setting": key, "baseline": base_key, "folds": [f["fold"] for f, _ in pairs]}
+        for metric in ("accuracy", "macro_f1"):
+            diffs = np.array([f[metric] - b[metric] for f, b in pairs])
+            nonzero = diffs[np.abs(diffs) > 1e-12]
+            comparison[metric] = {
+                "differences": diffs.tolist(), "mean": float(diffs.mean()),
+                "std": float(diffs.std(ddof=1)) if len(diffs) > 1 else 0.0,
+                "better": int((nonzero > 0).sum()), "worse": int((nonzero < 0).sum()),
+                "equal": int(len(diffs) - len(nonzero)),
+                "wilcoxon_p": float(wilcoxon(nonzero).pvalue) if len(nonzero) >= 2 else None,
+            }
+        comparisons.append(comparison)
+    return comparisons
+
+
+def markdown(report: dict[str, Any], details: bool = True) -> str:
+    """The report as Markdown: comparison table, paired comparisons, then (``details``) per-setting details."""
     lines = ["# Cross-validation report", "", "Test metrics per fold, mean ± sample std over folds.", "",
              "| setting | folds | accuracy | macro-F1 | parameters (inference / training) | ResNet50 / model "
              "| classifier wall time (sum of folds) |",
@@ -97,7 +138,23 @@ def markdown(report: dict[str, Any]) -> str:
                      f"{_count(inference)} / {_count(params.get('model'))} | "
                      f"{params.get('resnet50_over_model_without_decoder', '?')} | "
                      f"{_duration(sum(f['wall_time_s'] or 0.0 for f in group['per_fold']))} |")
-    for key, group in report["groups"].items():
+    if report.get("paired"):
+        lines += ["", "## Pretrained against trained from scratch, paired by fold", "",
+                  "Differences (setting minus baseline) on the same folds' test patients, mean ± sample std; "
+                  "folds better / worse / equal; two-sided Wilcoxon signed-rank p.", "",
+                  "| setting | baseline | folds | Δ accuracy | Δ macro-F1 | macro-F1 better / worse / equal "
+                  "| Wilcoxon p (macro-F1) |", "|---|---|---|---|---|---|---|"]
+        for pair in report["paired"]:
+            f1 = pair["macro_f1"]
+            p_value = "n/a" if f1["wilcoxon_p"] is None else f"{f1['wilcoxon_p']:.3f}"
+            lines.append(f"| {pair['setting']} | {pair['baseline']} | {len(pair['folds'])} | "
+                         f"{_signed(pair['accuracy'])} | {_signed(f1)} | "
+                         f"{f1['better']} / {f1['worse']} / {f1['equal']} | {p_value} |")
+        for pair in report["paired"]:
+            per_fold = ", ".join(f"{fold}: {a:+.4f} / {f:+.4f}" for fold, a, f in zip(
+                pair["folds"], pair["accuracy"]["differences"], pair["macro_f1"]["differences"], strict=True))
+            lines += ["", f"{pair['setting']}, per fold (Δ accuracy / Δ macro-F1): {per_fold}."]
+    for key, group in report["groups"].items() if details else ():
         agg = group["aggregate"]
         names = group["class_names"]
         lines += ["", f"## {key}", "", f"Folds {group['folds']}; parameters {group['parameters']}.", "",
@@ -174,6 +231,10 @@ def _pm(stat: dict[str, float]) -> str:
     return f"{stat['mean']:.4f} ± {stat['std']:.4f}"
 
 
+def _signed(stat: dict[str, float]) -> str:
+    return f"{stat['mean']:+.4f} ± {stat['std']:.4f}"
+
+
 def _count(value: Any) -> str:
     return f"{value:,}" if isinstance(value, int) else "?"
 
@@ -195,7 +256,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     report = build_report(find_summaries(args.runs))
     paths = write_report(report, args.out)
-    print(markdown(report).split("\n## ")[0])
+    print(markdown(report, details=False))
     print(f"wrote {', '.join(str(p) for p in paths)}")
 
 

@@ -93,7 +93,11 @@ for fold in "${fold_list[@]}"; do
 done
 
 progress "all folds" "report" "running"
-python capsule_classifier/report.py "$clf_out/$model/$split_tag/$tag" --out "$report_dir"
+report_runs=("$clf_out/$model/$split_tag/$tag")
+# A synthetic run's report also compares it fold by fold with the real-only run in the same out=, if any.
+scratch_runs="$clf_out/$model/$split_tag/scratch"
+[ "$synthetic" = true ] && [ -d "$scratch_runs" ] && report_runs+=("$scratch_runs")
+python capsule_classifier/report.py "${report_runs[@]}" --out "$report_dir"
 done_stages=$((done_stages + 1)) ran_stages=$((ran_stages + 1))
 
 best=$(python - "$clf_out/$model/$split_tag/$tag" "${fold_list[@]}" <<'PY'

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,15 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Keep every test's preprocessing cache out of the user's home."""
     monkeypatch.setenv("BRAIN_TUMOUR_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Run the test on one thread: tiny models run faster that way, above all on a shared, loaded CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def require_shared(path: Path) -> Path:

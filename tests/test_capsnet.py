@@ -7,14 +7,7 @@ import torch
 from capsule_classifier import build_model, build_objective
 from capsule_classifier.capsnet import ClassCapsules, margin_loss, squash
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run faster on one thread, above all on a shared, loaded CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_squash_keeps_direction_and_bounds_norm() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from capsule_classifier.report import ReportError, build_report, find_summaries, main
+from capsule_classifier.report import ReportError, build_report, find_summaries, main, markdown
 from datasets.figshare import CLASS_NAMES
 from experiment.atomic import atomic_write_json
 from experiment.metrics import classification_metrics
@@ -53,3 +53,23 @@ def test_report_rejects_duplicates_and_empty(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(ReportError, match="no summary.json found"):
         find_summaries([tmp_path / "empty"])
+
+
+def test_pretrained_setting_is_compared_with_scratch_fold_by_fold(tmp_path: Path) -> None:
+    scratch = {fold: _fold(tmp_path, "capsnet", "scratch", fold, errors) for fold, errors in enumerate((6, 6, 3, 9))}
+    synthetic = {fold: _fold(tmp_path, "capsnet", "synthetic", fold, errors) for fold, errors in enumerate((3, 5, 3))}
+    _fold(tmp_path, "resnet50", "synthetic", 0, 0)  # no resnet50 baseline: not paired
+    report = build_report(find_summaries([tmp_path]))
+    [pair] = report["paired"]
+    assert pair["setting"] == "capsnet/synthetic/grouped-k7/128px"
+    assert pair["baseline"] == "capsnet/scratch/grouped-k7/128px" and pair["folds"] == [0, 1, 2]
+    diffs = [synthetic[f]["test"]["accuracy"] - scratch[f]["test"]["accuracy"] for f in range(3)]
+    accuracy = pair["accuracy"]
+    assert accuracy["differences"] == pytest.approx(diffs)
+    assert accuracy["mean"] == pytest.approx(np.mean(diffs)) and accuracy["std"] == pytest.approx(np.std(diffs, ddof=1))
+    assert (accuracy["better"], accuracy["worse"], accuracy["equal"]) == (2, 0, 1)
+    assert 0.0 < accuracy["wilcoxon_p"] <= 1.0
+    text = markdown(report)
+    assert "## Pretrained against trained from scratch, paired by fold" in text
+    row = f"| capsnet/synthetic/grouped-k7/128px | capsnet/scratch/grouped-k7/128px | 3 | +{np.mean(diffs):.4f}"
+    assert row in text

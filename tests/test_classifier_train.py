@@ -23,12 +23,7 @@ from experiment.engine import NonFiniteLossError
 CONFIG_DIR = Path(train.__file__).resolve().parent / "configs"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_cfg(tmp_path: Path, *overrides: str) -> DictConfig:

@@ -19,12 +19,12 @@ TINY = ["model=capsnet", "synthetic=true", "data.image_size=32", "data.k=2",
 KILLS = 4
 
 
-def _command(out: Path) -> list[str]:
-    return ["bash", "scripts/cross_validate.sh", *TINY, f"out={out}", f"data.folds_dir={out}/folds"]
+def _command(out: Path, *extra: str) -> list[str]:
+    return ["bash", "scripts/cross_validate.sh", *TINY, f"out={out}", f"data.folds_dir={out}/folds", *extra]
 
 
-def _run_to_end(out: Path, env: dict[str, str]) -> None:
-    result = subprocess.run(_command(out), cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+def _run_to_end(out: Path, env: dict[str, str], *extra: str) -> None:
+    result = subprocess.run(_command(out, *extra), cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
 
 
@@ -69,3 +69,9 @@ def test_protocol_survives_random_sigkills(tmp_path: Path) -> None:
     assert _test_results(killed / report) == _test_results(clean / report)
     assert (killed / report / "model.onnx").is_file()
     assert unreadable_files(killed) == []
+
+    # Once a real-only run shares the out= folder, the synthetic report also pairs the two fold by fold.
+    _run_to_end(killed, env, "synthetic=false")
+    _run_to_end(killed, env)
+    [pair] = json.loads((killed / report / "report.json").read_text())["paired"]
+    assert pair["folds"] == [0, 1] and pair["baseline"] == "capsnet/scratch/grouped-k2/32px"
