@@ -148,7 +148,7 @@ def markdown(report: dict[str, Any], details: bool = True) -> str:
             f1 = pair["macro_f1"]
             p_value = "n/a" if f1["wilcoxon_p"] is None else f"{f1['wilcoxon_p']:.3f}"
             lines.append(f"| {pair['setting']} | {pair['baseline']} | {len(pair['folds'])} | "
-                         f"{_signed(pair['accuracy'])} | {_signed(f1)} | "
+                         f"{_pm(pair['accuracy'], signed=True)} | {_pm(f1, signed=True)} | "
                          f"{f1['better']} / {f1['worse']} / {f1['equal']} | {p_value} |")
         for pair in report["paired"]:
             per_fold = ", ".join(f"{fold}: {a:+.4f} / {f:+.4f}" for fold, a, f in zip(
@@ -227,12 +227,9 @@ def _save_png(path: Path, figure: Any) -> Path:
     return path
 
 
-def _pm(stat: dict[str, float]) -> str:
-    return f"{stat['mean']:.4f} ± {stat['std']:.4f}"
-
-
-def _signed(stat: dict[str, float]) -> str:
-    return f"{stat['mean']:+.4f} ± {stat['std']:.4f}"
+def _pm(stat: dict[str, float], signed: bool = False) -> str:
+    """``mean ± std``; ``signed`` writes the mean's sign (for differences)."""
+    return f"{stat['mean']:{'+' if signed else ''}.4f} ± {stat['std']:.4f}"
 
 
 def _count(value: Any) -> str:

@@ -46,6 +46,8 @@ data_tag=$( [ -z "$root" ] && echo sample || basename "${root%/}" | tr -c 'A-Za-
 out=${out:-runs/protocol/$data_tag/$split_tag/${size}px/seed$seed}
 tag=$( [ "$synthetic" = true ] && echo synthetic || echo scratch )
 clf_out="$out/classifier"
+runs_dir="$clf_out/$model/$split_tag/$tag"          # this call's fold runs
+scratch_runs="$clf_out/$model/$split_tag/scratch"  # the real-only fold runs of the same out=
 report_dir="$out/report/$model-$tag"
 [ -n "$folds" ] || folds=$(seq -s, 0 $((k - 1)))
 IFS=, read -r -a fold_list <<< "$folds"
@@ -80,7 +82,7 @@ for fold in "${fold_list[@]}"; do
   else
     pretrain="pretrain.shards=null"
   fi
-  run_dir="$clf_out/$model/$split_tag/$tag/fold$fold"
+  run_dir="$runs_dir/fold$fold"
   if [ -f "$run_dir/summary.json" ]; then
     progress "$label" "classifier" "done"
   else
@@ -93,14 +95,13 @@ for fold in "${fold_list[@]}"; do
 done
 
 progress "all folds" "report" "running"
-report_runs=("$clf_out/$model/$split_tag/$tag")
+report_runs=("$runs_dir")
 # A synthetic run's report also compares it fold by fold with the real-only run in the same out=, if any.
-scratch_runs="$clf_out/$model/$split_tag/scratch"
 [ "$synthetic" = true ] && [ -d "$scratch_runs" ] && report_runs+=("$scratch_runs")
 python capsule_classifier/report.py "${report_runs[@]}" --out "$report_dir"
 done_stages=$((done_stages + 1)) ran_stages=$((ran_stages + 1))
 
-best=$(python - "$clf_out/$model/$split_tag/$tag" "${fold_list[@]}" <<'PY'
+best=$(python - "$runs_dir" "${fold_list[@]}" <<'PY'
 import json, sys
 from pathlib import Path
 root, folds = Path(sys.argv[1]), sys.argv[2:]
@@ -109,13 +110,13 @@ print(max(folds, key=lambda f: (score[f], -int(f))))
 PY
 )
 progress "fold $((best + 1))/$k" "export (best val F1)" "running"
-python capsule_classifier/export.py "$clf_out/$model/$split_tag/$tag/fold$best/model.pt" --out "$report_dir/model.onnx"
+python capsule_classifier/export.py "$runs_dir/fold$best/model.pt" --out "$report_dir/model.onnx"
 done_stages=$((done_stages + 1))
 # Class consistency of each fold's shards, judged by the same fold's real-data-only classifier when it exists
 # (a synthetic=false run with the same out=): the share of synthetic slices it assigns to their intended class.
 if [ "$synthetic" = true ]; then
   for fold in "${fold_list[@]}"; do
-    scratch="$clf_out/$model/$split_tag/scratch/fold$fold"
+    scratch="$scratch_runs/fold$fold"
     [ -f "$scratch/summary.json" ] || continue
     [ -f "$scratch/model.onnx" ] || python capsule_classifier/export.py "$scratch/model.pt" --out "$scratch/model.onnx" >/dev/null
     python -m generative_model.consistency "$out/shards/fold$fold" "$scratch/model.onnx" >/dev/null
