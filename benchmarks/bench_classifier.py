@@ -1,11 +1,13 @@
 """Capsule network vs ResNet50 on the CPU, measured in one run: parameters, single-slice latency
-(batch 1, eager PyTorch and ONNX Runtime) and training images/s, at 128 and 256 px.
+(batch 1, eager PyTorch and ONNX Runtime) and training images/s in float32 and under bfloat16 autocast
+(``cpu_bf16=true``), at 128 and 256 px.
 
     python benchmarks/bench_classifier.py [--sizes 128 256] [--threads N] [--train-batch 16] [--train-steps 3]
 
 Latency is the median of ``--repeats`` timed calls after warm-up; training throughput times
 ``--train-steps`` AdamW steps (forward, loss, backward, update) after one warm-up step. Ratios are
-ResNet50 / capsnet, so larger means capsnet is smaller or faster.
+ResNet50 / capsnet, so larger means capsnet is smaller or faster; the bf16 speed-up is bfloat16 / float32
+training throughput of the same model in the same run.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from capsule_classifier import build_model, build_objective
 from capsule_classifier.deploy import ProbabilityModel
 from capsule_classifier.export import INPUT_NAME, OUTPUT_NAME, to_onnx_bytes
 from experiment.atomic import atomic_write_json
+from experiment.device import autocast
 
 MODELS = ("capsnet", "resnet50")
 
@@ -52,15 +55,18 @@ def onnx_latency(classifier: ProbabilityModel, size: int, repeats: int) -> float
         return median_seconds(lambda: session.run([OUTPUT_NAME], feed), repeats)
 
 
-def training_rate(name: str, size: int, batch: int, steps: int) -> float:
-    """Training images/s: AdamW steps on random slices with the model's own objective."""
+def training_rate(name: str, size: int, batch: int, steps: int, cpu_bf16: bool = False) -> float:
+    """Training images/s: AdamW steps on random slices with the model's own objective (optionally under
+    bfloat16 autocast, as ``capsule_classifier/train.py cpu_bf16=true`` trains)."""
+    torch.manual_seed(0)
     model = build_model(name, image_size=size).train()
     objective = build_objective(name)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     images, targets = torch.rand(batch, 1, size, size), torch.arange(batch) % 3
 
     def step() -> None:
-        loss, _ = objective.loss(model(images), images, targets)
+        with autocast(torch.device("cpu"), cpu_bf16=cpu_bf16):
+            loss, _ = objective.loss(model(images), images, targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -79,7 +85,8 @@ def measure(name: str, size: int, repeats: int, train_batch: int, train_steps: i
     return {"model": name, "size": size, "parameters": sum(p.numel() for p in model.parameters()),
             "parameters_inference": sum(p.numel() for n, p in model.named_parameters() if not n.startswith("decoder.")),
             "eager_ms": 1e3 * eager, "onnx_ms": 1e3 * onnx_latency(classifier, size, repeats),
-            "train_images_per_s": training_rate(name, size, train_batch, train_steps)}
+            "train_images_per_s": training_rate(name, size, train_batch, train_steps),
+            "train_images_per_s_bf16": training_rate(name, size, train_batch, train_steps, cpu_bf16=True)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -96,10 +103,12 @@ def main(argv: list[str] | None = None) -> None:
     results = [measure(name, size, args.repeats, args.train_batch, args.train_steps)
                for size in args.sizes for name in MODELS]
     print(f"CPU threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}, torch {torch.__version__}")
-    print(f"{'model':<10}{'size':>6}{'params':>12}{'eager ms':>10}{'onnx ms':>10}{'train img/s':>13}")
+    print(f"{'model':<10}{'size':>6}{'params':>12}{'eager ms':>10}{'onnx ms':>10}{'train img/s':>13}"
+          f"{'bf16 img/s':>12}{'bf16 x':>8}")
     for r in results:
+        r["bf16_speedup"] = r["train_images_per_s_bf16"] / r["train_images_per_s"]
         print(f"{r['model']:<10}{r['size']:>6}{r['parameters']:>12,}{r['eager_ms']:>10.2f}{r['onnx_ms']:>10.2f}"
-              f"{r['train_images_per_s']:>13.1f}")
+              f"{r['train_images_per_s']:>13.1f}{r['train_images_per_s_bf16']:>12.1f}{r['bf16_speedup']:>8.2f}")
     ratios = []
     for size in args.sizes:
         caps, resnet = (next(r for r in results if r["model"] == m and r["size"] == size) for m in MODELS)
@@ -108,7 +117,8 @@ def main(argv: list[str] | None = None) -> None:
                  "params (inference)": resnet["parameters"] / caps["parameters_inference"],
                  "eager latency": resnet["eager_ms"] / caps["eager_ms"],
                  "onnx latency": resnet["onnx_ms"] / caps["onnx_ms"],
-                 "training speed": caps["train_images_per_s"] / resnet["train_images_per_s"]}
+                 "training speed": caps["train_images_per_s"] / resnet["train_images_per_s"],
+                 "training speed vs ResNet50 bf16": caps["train_images_per_s"] / resnet["train_images_per_s_bf16"]}
         ratios.append(ratio)
         print(f"ResNet50 / capsnet at {size}px: " + ", ".join(f"{k} x{v:.1f}" for k, v in ratio.items() if k != "size"))
     if args.json:

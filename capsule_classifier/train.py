@@ -181,7 +181,8 @@ def _fit_phase(cfg: DictConfig, phase: str, trained: nn.Module, objective: Any, 
     scheduler = build_scheduler(optimizer, cfg.train.schedule, epochs, cfg.train.step_size, cfg.train.gamma)
     settings = FitSettings(phase=phase, epochs=epochs, seed=cfg.seed,
                            patience=cfg.train.patience if patience is None else patience, amp=cfg.amp,
-                           grad_clip=cfg.train.grad_clip, keep_checkpoints=cfg.train.keep_checkpoints)
+                           cpu_bf16=cfg.cpu_bf16, grad_clip=cfg.train.grad_clip,
+                           keep_checkpoints=cfg.train.keep_checkpoints)
     return fit(trained, objective, optimizer, scheduler, batches, val_batches, settings, run_dir, monitor, device,
                CLASS_NAMES)
 
@@ -192,7 +193,7 @@ def _test_and_save(cfg: DictConfig, model: nn.Module, objective: Any, parts: dic
     """Evaluate the selected model once on the test patients; write predictions, model.pt and summary.json."""
     test = parts["test"]
     metrics, y_true, y_score = evaluate(model, objective, EvalBatches(test.images, test.labels, cfg.eval_batch_size),
-                                        device, CLASS_NAMES, cfg.amp)
+                                        device, CLASS_NAMES, cfg.amp, cfg.cpu_bf16)
     probabilities = objective.probabilities(torch.from_numpy(y_score))
     atomic_write_json(run_dir.path / "predictions.json", {
         "class_names": list(CLASS_NAMES), "file_ids": test.file_ids.tolist(), "groups": test.groups.tolist(),

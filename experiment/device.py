@@ -1,4 +1,5 @@
-"""Device choice and mixed precision: CUDA with AMP when present, else CPU in float32."""
+"""Device choice and mixed precision: CUDA with float16 AMP when present, else CPU in float32 (or bfloat16
+autocast on request, which pays off on CPUs with AMX or AVX512-BF16)."""
 from __future__ import annotations
 
 import contextlib
@@ -17,10 +18,13 @@ def select_device(name: str = "auto") -> torch.device:
     return device
 
 
-def autocast(device: torch.device, enabled: bool = True) -> AbstractContextManager:
-    """Mixed-precision context: float16 autocast on CUDA when ``enabled``, a no-op on the CPU."""
+def autocast(device: torch.device, enabled: bool = True, cpu_bf16: bool = False) -> AbstractContextManager:
+    """Mixed-precision context: float16 autocast on CUDA when ``enabled``; on the CPU bfloat16 autocast when
+    ``cpu_bf16`` (no gradient scaling needed: bfloat16 has float32's range), else a no-op."""
     if enabled and device.type == "cuda":
         return torch.autocast(device_type="cuda", dtype=torch.float16)
+    if cpu_bf16 and device.type == "cpu":
+        return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 

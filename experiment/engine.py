@@ -68,13 +68,14 @@ class Objective(Protocol):
 @dataclass
 class FitSettings:
     """One training phase. ``patience``: epochs without a better validation macro-F1 before stopping
-    (0 disables early stopping)."""
+    (0 disables early stopping); ``amp``: float16 autocast on CUDA; ``cpu_bf16``: bfloat16 autocast on the CPU."""
 
     phase: str
     epochs: int
     seed: int = 0
     patience: int = 0
     amp: bool = True
+    cpu_bf16: bool = False
     grad_clip: float = 0.0
     keep_checkpoints: int = 2
 
@@ -91,14 +92,15 @@ class FitResult:
 
 
 def evaluate(model: nn.Module, objective: Objective, loader: Iterable[Batch], device: torch.device,
-             class_names: Sequence[str], amp: bool = True) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+             class_names: Sequence[str], amp: bool = True,
+             cpu_bf16: bool = False) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
     """Loss and classification metrics over ``loader``; also returns (targets, scores)."""
     model.eval()
     total, count, targets, scores = 0.0, 0, [], []
     with torch.no_grad():
         for images, labels in loader:
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            with autocast(device, amp):
+            with autocast(device, amp, cpu_bf16):
                 output = model(images)
                 loss, _ = objective.loss(output, images, labels)
             total += float(loss) * labels.shape[0]
@@ -138,7 +140,8 @@ def fit(model: nn.Module, objective: Objective, optimizer: torch.optim.Optimizer
             scheduler.step()
         values = {**{f"train_{k}": v for k, v in train_stats.items()}, "lr": optimizer.param_groups[0]["lr"]}
         if val_loader is not None:
-            val, _, _ = evaluate(model, objective, val_loader, device, class_names, settings.amp)
+            val, _, _ = evaluate(model, objective, val_loader, device, class_names, settings.amp,
+                                 settings.cpu_bf16)
             values.update(val_loss=val["loss"], val_accuracy=val["accuracy"], val_macro_f1=val["macro_f1"])
         else:
             val = {"macro_f1": float(epoch), "accuracy": float("nan"), "loss": float("nan")}
@@ -182,7 +185,7 @@ def _train_epoch(model: nn.Module, objective: Objective, optimizer: torch.optim.
     for images, labels in progress:
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
-        with autocast(device, settings.amp):
+        with autocast(device, settings.amp, settings.cpu_bf16):
             output = model(images)
             loss, parts = objective.loss(output, images, labels)
         loss_value = loss.detach().item()

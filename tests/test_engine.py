@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from experiment.device import autocast
 from experiment.engine import FitSettings, NonFiniteLossError, evaluate, fit
 from experiment.monitor import Monitor
 from experiment.rundir import RunDir
@@ -41,7 +42,7 @@ def _loaders(seed: int = 0):
     return train, [(x[48:], y[48:])]
 
 
-def _run(path: Path, epochs: int, patience: int = 0, lr: float = 0.1):
+def _run(path: Path, epochs: int, patience: int = 0, lr: float = 0.1, cpu_bf16: bool = False):
     seed_everything(0)
     model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 3))
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
@@ -49,7 +50,7 @@ def _run(path: Path, epochs: int, patience: int = 0, lr: float = 0.1):
     run = RunDir(path)
     train, val = _loaders()
     result = fit(model, CrossEntropy(), optimizer, scheduler, train, val,
-                 FitSettings(phase="train", epochs=epochs, patience=patience), run, Monitor(run),
+                 FitSettings(phase="train", epochs=epochs, patience=patience, cpu_bf16=cpu_bf16), run, Monitor(run),
                  torch.device("cpu"), CLASSES)
     return model, result, run
 
@@ -96,3 +97,18 @@ def test_evaluate_reports_metrics(tmp_path: Path) -> None:
     metrics, y_true, y_score = evaluate(model, CrossEntropy(), _loaders()[1], torch.device("cpu"), CLASSES)
     assert y_true.shape == (12,) and y_score.shape == (12, 3)
     assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["loss"] > 0
+
+
+def test_cpu_bf16_autocast_is_opt_in_and_trains(tmp_path: Path) -> None:
+    cpu, layer, x = torch.device("cpu"), nn.Linear(4, 3), torch.randn(2, 4)
+    with autocast(cpu):
+        assert layer(x).dtype == torch.float32  # CPU default: plain float32
+    with autocast(cpu, cpu_bf16=True):
+        assert layer(x).dtype == torch.bfloat16
+    fp32, _, _ = _run(tmp_path / "fp32", epochs=3)
+    bf16, result, run = _run(tmp_path / "bf16", epochs=3, cpu_bf16=True)
+    weights = list(bf16.state_dict().values())
+    assert all(w.dtype == torch.float32 for w in weights)  # master weights stay float32
+    assert any(not torch.equal(a, b) for a, b in zip(fp32.state_dict().values(), weights, strict=True))
+    epochs = {r["epoch"] for r in run.read_metrics() if r["kind"] == "scalars"}
+    assert result.best_val["accuracy"] > 0.5 and epochs == {1, 2, 3}
