@@ -7,7 +7,8 @@ grouped by setting (model, pretraining tag, split, image size); per group the re
 sample std of test accuracy and macro-F1 over folds, per-class precision/recall/F1, the summed
 confusion matrix and parameter counts, and a comparison table across groups. Every pretrained setting is
 also compared with training from scratch fold by fold (same test patients), which removes the fold-to-fold
-spread of difficulty from the difference. Written atomically to
+spread of difficulty from the difference; so is every model with the ResNet50 baseline under the same
+pretraining. Written atomically to
 ``--out``: ``report.md``, ``report.json``, ``confusion-<group>.png`` and ``folds-<group>.png``.
 """
 from __future__ import annotations
@@ -86,25 +87,36 @@ def build_report(summaries: Sequence[tuple[Path, dict[str, Any]]]) -> dict[str, 
                           "n": s["test"].get("n"), "wall_time_s": s.get("wall_time_s")} for _, s in members],
             "aggregate": aggregate_folds([s["test"] for _, s in members]),
         }
-    report["paired"] = paired_comparisons(report["groups"])
+    for name, (axis, baseline) in PAIRINGS.items():
+        report[name] = paired_comparisons(report["groups"], axis, baseline)
     return report
 
 
-def paired_comparisons(groups: dict[str, dict[str, Any]], baseline_tag: str = "scratch") -> list[dict[str, Any]]:
-    """Per-fold test differences (setting minus baseline) of each tag against ``baseline_tag``.
+# Report key -> (the one field in which a setting differs from its baseline, the baseline's value there):
+# pretrained against trained from scratch, and each model against the ResNet50 baseline.
+PAIRINGS = {"paired": ("tag", "scratch"), "paired_models": ("model", "resnet50")}
 
-    Settings pair when model, split, k and image size agree; only folds present in both count. Per metric:
-    the differences, their mean and sample std, how many folds got better / worse / stayed equal, and the
-    two-sided Wilcoxon signed-rank p-value (``None`` with fewer than two non-zero differences).
+PAIRING_TITLES = {"paired": "Pretrained against trained from scratch, paired by fold",
+                  "paired_models": "Models against the ResNet50 baseline, paired by fold"}
+
+
+def paired_comparisons(groups: dict[str, dict[str, Any]], axis: str = "tag",
+                       baseline: str = "scratch") -> list[dict[str, Any]]:
+    """Per-fold test differences (setting minus baseline) of settings that differ from a baseline setting
+    only in ``axis`` (``"tag"`` or ``"model"``), whose value there is ``baseline``.
+
+    The other fields (model or tag, split, k, image size) must agree; only folds present in both count. Per
+    metric: the differences, their mean and sample std, how many folds got better / worse / stayed equal, and
+    the two-sided Wilcoxon signed-rank p-value (``None`` with fewer than two non-zero differences).
     """
     def setting(group: dict[str, Any]) -> tuple[Any, ...]:
-        return group["model"], group["split"], group["k"], group["image_size"]
+        return tuple(group[field] for field in ("model", "tag", "split", "k", "image_size") if field != axis)
 
-    baselines = {setting(g): key for key, g in groups.items() if g["tag"] == baseline_tag}
+    baselines = {setting(g): key for key, g in groups.items() if g[axis] == baseline}
     comparisons = []
     for key, group in groups.items():
         base_key = baselines.get(setting(group))
-        if group["tag"] == baseline_tag or base_key is None:
+        if group[axis] == baseline or base_key is None:
             continue
         base = {f["fold"]: f for f in groups[base_key]["per_fold"]}
         pairs = [(f, base[f["fold"]]) for f in group["per_fold"] if f["fold"] in base]
@@ -125,6 +137,26 @@ def paired_comparisons(groups: dict[str, dict[str, Any]], baseline_tag: str = "s
     return comparisons
 
 
+def _paired_lines(title: str, pairs: list[dict[str, Any]]) -> list[str]:
+    """One Markdown section of paired comparisons: the table, then the per-fold differences."""
+    lines = ["", f"## {title}", "",
+             "Differences (setting minus baseline) on the same folds' test patients, mean ± sample std; "
+             "folds better / worse / equal; two-sided Wilcoxon signed-rank p.", "",
+             "| setting | baseline | folds | Δ accuracy | Δ macro-F1 | macro-F1 better / worse / equal "
+             "| Wilcoxon p (macro-F1) |", "|---|---|---|---|---|---|---|"]
+    for pair in pairs:
+        f1 = pair["macro_f1"]
+        p_value = "n/a" if f1["wilcoxon_p"] is None else f"{f1['wilcoxon_p']:.3f}"
+        lines.append(f"| {pair['setting']} | {pair['baseline']} | {len(pair['folds'])} | "
+                     f"{_pm(pair['accuracy'], signed=True)} | {_pm(f1, signed=True)} | "
+                     f"{f1['better']} / {f1['worse']} / {f1['equal']} | {p_value} |")
+    for pair in pairs:
+        per_fold = ", ".join(f"{fold}: {a:+.4f} / {f:+.4f}" for fold, a, f in zip(
+            pair["folds"], pair["accuracy"]["differences"], pair["macro_f1"]["differences"], strict=True))
+        lines += ["", f"{pair['setting']}, per fold (Δ accuracy / Δ macro-F1): {per_fold}."]
+    return lines
+
+
 def markdown(report: dict[str, Any], details: bool = True) -> str:
     """The report as Markdown: comparison table, paired comparisons, then (``details``) per-setting details."""
     lines = ["# Cross-validation report", "", "Test metrics per fold, mean ± sample std over folds.", "",
@@ -138,22 +170,9 @@ def markdown(report: dict[str, Any], details: bool = True) -> str:
                      f"{_count(inference)} / {_count(params.get('model'))} | "
                      f"{params.get('resnet50_over_model_without_decoder', '?')} | "
                      f"{_duration(sum(f['wall_time_s'] or 0.0 for f in group['per_fold']))} |")
-    if report.get("paired"):
-        lines += ["", "## Pretrained against trained from scratch, paired by fold", "",
-                  "Differences (setting minus baseline) on the same folds' test patients, mean ± sample std; "
-                  "folds better / worse / equal; two-sided Wilcoxon signed-rank p.", "",
-                  "| setting | baseline | folds | Δ accuracy | Δ macro-F1 | macro-F1 better / worse / equal "
-                  "| Wilcoxon p (macro-F1) |", "|---|---|---|---|---|---|---|"]
-        for pair in report["paired"]:
-            f1 = pair["macro_f1"]
-            p_value = "n/a" if f1["wilcoxon_p"] is None else f"{f1['wilcoxon_p']:.3f}"
-            lines.append(f"| {pair['setting']} | {pair['baseline']} | {len(pair['folds'])} | "
-                         f"{_pm(pair['accuracy'], signed=True)} | {_pm(f1, signed=True)} | "
-                         f"{f1['better']} / {f1['worse']} / {f1['equal']} | {p_value} |")
-        for pair in report["paired"]:
-            per_fold = ", ".join(f"{fold}: {a:+.4f} / {f:+.4f}" for fold, a, f in zip(
-                pair["folds"], pair["accuracy"]["differences"], pair["macro_f1"]["differences"], strict=True))
-            lines += ["", f"{pair['setting']}, per fold (Δ accuracy / Δ macro-F1): {per_fold}."]
+    for name, title in PAIRING_TITLES.items():
+        if report.get(name):
+            lines += _paired_lines(title, report[name])
     for key, group in report["groups"].items() if details else ():
         agg = group["aggregate"]
         names = group["class_names"]

@@ -73,3 +73,21 @@ def test_pretrained_setting_is_compared_with_scratch_fold_by_fold(tmp_path: Path
     assert "## Pretrained against trained from scratch, paired by fold" in text
     row = f"| capsnet/synthetic/grouped-k7/128px | capsnet/scratch/grouped-k7/128px | 3 | +{np.mean(diffs):.4f}"
     assert row in text
+
+
+def test_models_are_compared_with_resnet50_under_the_same_pretraining(tmp_path: Path) -> None:
+    caps = {fold: _fold(tmp_path, "capsnet", "scratch", fold, errors) for fold, errors in enumerate((3, 6, 0))}
+    resnet = {fold: _fold(tmp_path, "resnet50", "scratch", fold, errors) for fold, errors in enumerate((6, 9, 3))}
+    _fold(tmp_path, "capsnet", "synthetic", 0, 0)  # no resnet50/synthetic: not paired against resnet50
+    report = build_report(find_summaries([tmp_path]))
+    [pair] = report["paired_models"]
+    assert pair["setting"] == "capsnet/scratch/grouped-k7/128px" and pair["folds"] == [0, 1, 2]
+    assert pair["baseline"] == "resnet50/scratch/grouped-k7/128px"
+    diffs = [caps[f]["test"]["macro_f1"] - resnet[f]["test"]["macro_f1"] for f in range(3)]
+    assert pair["macro_f1"]["differences"] == pytest.approx(diffs) and pair["macro_f1"]["better"] == 3
+    [pretrained] = report["paired"]  # the tag pairing is unaffected by the model pairing
+    assert pretrained["setting"] == "capsnet/synthetic/grouped-k7/128px" and pretrained["folds"] == [0]
+    text = markdown(report)
+    assert "## Models against the ResNet50 baseline, paired by fold" in text
+    accuracy = np.mean([caps[f]["test"]["accuracy"] - resnet[f]["test"]["accuracy"] for f in range(3)])
+    assert f"| capsnet/scratch/grouped-k7/128px | resnet50/scratch/grouped-k7/128px | 3 | +{accuracy:.4f}" in text
