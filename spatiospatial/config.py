@@ -45,7 +45,9 @@ class VolumeDataConfig:
 @dataclass
 class TrainingConfig:
     """Optimisation. ``patience``: epochs without a better val macro-F1 before stopping (0 = never);
-    ``class_weights``: weight the loss by inverse training class frequency; ``flip``: random left-right flips."""
+    ``amp``: float16 autocast on CUDA; ``cpu_bf16``: bfloat16 autocast on the CPU (fast on AMX CPUs, off by
+    default since it changes the numerics); ``class_weights``: weight the loss by inverse training class
+    frequency; ``flip``: random left-right flips."""
 
     batch_size: int = 2
     lr: float = 0.001
@@ -54,6 +56,7 @@ class TrainingConfig:
     patience: int = 0
     num_workers: int = 0
     amp: bool = True
+    cpu_bf16: bool = False
     grad_clip: float = 5.0
     class_weights: bool = True
     flip: bool = True

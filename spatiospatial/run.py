@@ -171,14 +171,15 @@ def _run(cfg: DictConfig, run_dir: RunDir, device: torch.device, distributed: bo
     try:
         settings = FitSettings(phase=PHASE, epochs=cfg.training.epochs, seed=cfg.seed,
                                patience=cfg.training.patience, amp=cfg.training.amp,
-                               grad_clip=cfg.training.grad_clip, keep_checkpoints=cfg.training.keep_checkpoints)
+                               cpu_bf16=cfg.training.cpu_bf16, grad_clip=cfg.training.grad_clip,
+                               keep_checkpoints=cfg.training.keep_checkpoints)
         result = fit(trained, objective, optimizer, scheduler, batches, val_loader, settings, run_dir, monitor,
                      device, CLASS_NAMES)
         if not is_main_process():
             return {}
         load_model_state(model, load_checkpoint(result.best_path)["model"], str(result.best_path))
         test, _, _ = evaluate(model, objective, _eval_loader(parts["test"], cfg), device, CLASS_NAMES,
-                              cfg.training.amp)
+                              cfg.training.amp, cfg.training.cpu_bf16)
         step = result.epochs_run * len(batches)
         run_dir.rewind_metrics(lambda r: r.get("phase") != "test")
         monitor.scalars("test", result.best_epoch, step, {"loss": test["loss"], "accuracy": test["accuracy"],

@@ -61,7 +61,7 @@ def test_override_run_then_finished_then_resumed(tmp_path: Path, data: Path) -> 
 def test_two_value_multirun(tmp_path: Path, data: Path) -> None:
     result = subprocess.run(
         [sys.executable, "spatiospatial/run.py", "-m", "training.batch_size=3,6", "model=mc3_18",
-         "training.epochs=1", *_overrides(tmp_path, data)],
+         "training.epochs=1", "training.cpu_bf16=true", *_overrides(tmp_path, data)],
         cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     for batch_size in (3, 6):
