@@ -87,17 +87,15 @@ def build_report(summaries: Sequence[tuple[Path, dict[str, Any]]]) -> dict[str, 
                           "n": s["test"].get("n"), "wall_time_s": s.get("wall_time_s")} for _, s in members],
             "aggregate": aggregate_folds([s["test"] for _, s in members]),
         }
-    for name, (axis, baseline) in PAIRINGS.items():
+    for name, (axis, baseline, _) in PAIRINGS.items():
         report[name] = paired_comparisons(report["groups"], axis, baseline)
     return report
 
 
-# Report key -> (the one field in which a setting differs from its baseline, the baseline's value there):
-# pretrained against trained from scratch, and each model against the ResNet50 baseline.
-PAIRINGS = {"paired": ("tag", "scratch"), "paired_models": ("model", "resnet50")}
-
-PAIRING_TITLES = {"paired": "Pretrained against trained from scratch, paired by fold",
-                  "paired_models": "Models against the ResNet50 baseline, paired by fold"}
+# Report key -> (the one field in which a setting differs from its baseline, the baseline's value there, the
+# Markdown title): pretrained against trained from scratch, and each model against the ResNet50 baseline.
+PAIRINGS = {"paired": ("tag", "scratch", "Pretrained against trained from scratch, paired by fold"),
+            "paired_models": ("model", "resnet50", "Models against the ResNet50 baseline, paired by fold")}
 
 
 def paired_comparisons(groups: dict[str, dict[str, Any]], axis: str = "tag",
@@ -170,7 +168,7 @@ def markdown(report: dict[str, Any], details: bool = True) -> str:
                      f"{_count(inference)} / {_count(params.get('model'))} | "
                      f"{params.get('resnet50_over_model_without_decoder', '?')} | "
                      f"{_duration(sum(f['wall_time_s'] or 0.0 for f in group['per_fold']))} |")
-    for name, title in PAIRING_TITLES.items():
+    for name, (_, _, title) in PAIRINGS.items():
         if report.get(name):
             lines += _paired_lines(title, report[name])
     for key, group in report["groups"].items() if details else ():
