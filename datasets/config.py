@@ -1,4 +1,5 @@
-"""Typed Hydra schema for the data group shared by every 2D entry point (``data.*`` overrides)."""
+"""Typed Hydra schemas of the ``data.*`` group: the fields every branch shares (:class:`SplitConfig`) and the
+2D figshare data (:class:`DataConfig`); plus the run-directory names derived from them."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,29 +8,47 @@ from typing import Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
+from datasets.core import fold_count
+
 
 @dataclass
-class DataConfig:
-    """Where the figshare slices are and how folds are cut.
+class SplitConfig:
+    """Where the data is and how it is split, in every branch.
 
-    ``root``: a ``.mat`` folder, a bundle ``.npz`` or a folder of bundles; null = embedded sample.
-    ``split``: ``grouped`` (k-fold by patient/series) or ``cvind`` (the authors' 5 folds).
+    ``root``: the data (null = the embedded sample); ``strict``: stop at the first bad file instead of skipping
+    it with a warning; ``split_seed``: seeds the split; ``val_fraction``: share of training patients held out
+    for model selection; ``splits_dir``: where split manifests are written; ``cache_dir``: null =
+    ``$BRAIN_TUMOUR_CACHE`` or ``~/.cache/brain-tumour-mri``.
     """
 
     root: Optional[str] = None
-    image_size: int = 128
-    split: str = "grouped"
-    k: int = 7
+    strict: bool = True
     split_seed: int = 0
     val_fraction: float = 0.15
-    strict: bool = True
-    folds_dir: str = "runs/folds"
+    splits_dir: str = "runs/splits"
     cache_dir: Optional[str] = None
 
 
+@dataclass
+class DataConfig(SplitConfig):
+    """The figshare slices: ``root`` is a ``.mat`` folder, a bundle ``.npz`` or a folder of bundles.
+
+    ``split``: ``grouped`` (k folds grouped by patient) or ``cvind`` (the authors' 5 folds); ``subjects``: the
+    bundle's ``figshare_subjects.csv`` (null = the one beside the bundle); ``group_by``: ``subject`` (patients;
+    the default and the only leak-free choice) or ``series`` (the bundle's scan series: leaks patients across
+    scan planes, kept only to reproduce old results).
+    """
+
+    image_size: int = 128
+    split: str = "grouped"
+    k: int = 7
+    subjects: Optional[str] = None
+    group_by: str = "subject"
+
+
 def split_tag(split: str, k: int) -> str:
-    """Run-directory tag of a split protocol: ``grouped-k7``, ``cvind-k5`` (cvind always has 5 folds)."""
-    return f"{split}-k{5 if split == 'cvind' else k}"
+    """Run-directory tag of a split protocol: ``grouped-k7``, ``cvind-k5``."""
+    return f"{split}-k{fold_count(split, k)}"
 
 
 def fold_dir(fold: Optional[int]) -> str:
@@ -40,8 +59,8 @@ def fold_dir(fold: Optional[int]) -> str:
 def data_identity(data_cfg: DataConfig, fingerprint: str) -> dict:
     """What binds a run directory to its data and split (see :meth:`experiment.rundir.RunDir.claim`)."""
     return {"data_fingerprint": fingerprint, "image_size": data_cfg.image_size, "split": data_cfg.split,
-            "k": 5 if data_cfg.split == "cvind" else data_cfg.k, "split_seed": data_cfg.split_seed,
-            "val_fraction": data_cfg.val_fraction}
+            "k": fold_count(data_cfg.split, data_cfg.k), "split_seed": data_cfg.split_seed,
+            "val_fraction": data_cfg.val_fraction, "group_by": data_cfg.group_by}
 
 
 def register() -> None:

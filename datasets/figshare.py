@@ -1,160 +1,51 @@
-"""The figshare brain-tumour dataset (Cheng et al., 3064 T1-CE slices, 3 classes).
+"""Reader of the prepared figshare bundle (``figshare_cheng_{256,128}.npz``) and its patient table.
 
-Two sources give one record type:
-
-* a folder of the original MATLAB files (``<index>.mat``, v7.3/HDF5 or v5), read by
-  :mod:`datasets.matlab`, grouped by patient id (``PID``), with ``cvind.mat`` when present;
-* the prepared ``.npz`` bundle (``figshare_cheng_{256,128}.npz``; arrays ``image``, ``mask``,
-  ``label``, ``index``, ``cvind``, ``series``, ``orig_size``), grouped by ``series``.
-
-:func:`load_figshare` preprocesses every slice with :func:`datasets.transforms.preprocess_slice`
-and caches the result under a key that hashes the inputs and the parameters.
+The bundle holds arrays ``image``, ``mask``, ``label``, ``index``, ``cvind``, ``series`` (and ``orig_size``);
+the patient of each slice comes from ``figshare_subjects.csv`` (columns ``index``, ``subject``, ``plane``)
+beside it, or from ``subject`` / ``plane`` arrays inside the bundle (the embedded sample carries them).
+The ``.mat`` folder reader is its sibling, :mod:`datasets.matlab`; :func:`datasets.slices.load_slices`
+turns the output of either into preprocessed slices.
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import logging
+import csv
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
-from datasets.transforms import preprocess_mask, preprocess_slice
-from experiment.atomic import atomic_open
-
-log = logging.getLogger(__name__)
-
-CLASS_NAMES: tuple[str, ...] = ("meningioma", "glioma", "pituitary")
-"""Class index 0..2 (model side) = figshare label 1..3."""
+from datasets.core import PLANES, DataError
 
 BUNDLE_ARRAYS = ("image", "mask", "label", "index", "cvind", "series")
-EMBEDDED_SAMPLE = Path(__file__).resolve().parent / "data" / "figshare_sample_128.npz"
-CACHE_VERSION = 1  # bump when preprocessing changes, so old caches are rebuilt
-
-
-class DataError(ValueError):
-    """Bad input data; the message names the file and what is wrong."""
-
-
-@dataclass
-class SliceRecord:
-    """One raw slice as stored by a source.
-
-    ``label`` uses the figshare convention 1 meningioma, 2 glioma, 3 pituitary; ``group`` is the
-    patient id (``.mat``) or ``series-<id>`` (bundle); ``border`` is ``tumorBorder`` as stored
-    (x1, y1, x2, y2, ... in MATLAB's 1-based pixel coordinates) when known.
-    """
-
-    file_id: int
-    image: np.ndarray
-    label: int
-    group: str
-    mask: np.ndarray
-    border: np.ndarray | None = None
-    cvind: int = 0
+SUBJECT_ARRAYS = ("subject", "plane")
+"""Optional bundle arrays: reconstructed patient id and scan plane per slice (the embedded sample has them)."""
+SUBJECTS_CSV = "figshare_subjects.csv"
+SUBJECTS_COLUMNS = ("index", "subject", "plane")
+GROUPINGS = ("subject", "series")
+"""What bundle folds are grouped by: ``subject`` (patients) or ``series`` (leaks patients; old results only)."""
 
 
 @dataclass
-class SliceSet:
-    """Preprocessed slices ready for models.
+class BundleSlices:
+    """The raw slices of a bundle with the patient (or, under ``series`` grouping, the series) of each."""
 
-    ``images`` uint8 (N, S, S); ``masks`` bool (N, S, S); ``labels`` int64 class indices 0..2;
-    ``file_ids`` int64; ``groups`` str (N,); ``cvind`` int64 (0 when unknown).
-    """
-
-    images: np.ndarray
-    masks: np.ndarray
-    labels: np.ndarray
-    file_ids: np.ndarray
-    groups: np.ndarray
-    cvind: np.ndarray
-    source: str
-    fingerprint: str
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
-
-    @property
-    def image_size(self) -> int:
-        return int(self.images.shape[-1])
-
-    def subset(self, index: np.ndarray) -> SliceSet:
-        """The slices at ``index`` (same source and fingerprint)."""
-        return SliceSet(self.images[index], self.masks[index], self.labels[index], self.file_ids[index],
-                        self.groups[index], self.cvind[index], self.source, self.fingerprint, self.skipped)
-
-
-def load_figshare(root: str | os.PathLike | None = None, image_size: int = 128, strict: bool = True,
-                  cache_dir: str | os.PathLike | None = None) -> SliceSet:
-    """Load, validate and preprocess the figshare slices at ``root`` (cached).
-
-    Args:
-        root: a folder of ``.mat`` files, a bundle ``.npz``, a folder holding bundles
-            (the best size is chosen), or ``None`` for the embedded sample.
-        image_size: output side length (square).
-        strict: stop at the first bad ``.mat`` file; with ``False`` bad files are skipped and
-            listed in ``SliceSet.skipped`` (and logged), never silently.
-        cache_dir: where preprocessed caches live (default ``$BRAIN_TUMOUR_CACHE`` or
-            ``~/.cache/brain-tumour-mri``).
-    Raises:
-        DataError: missing, empty or malformed data, naming the file.
-    """
-    source = resolve_source(root, image_size)
-    key = _cache_key(source, image_size, strict)
-    cache = Path(cache_dir or default_cache_dir()) / f"figshare-{key[:20]}.npz"
-    slices = _read_cache(cache, key)
-    if slices is None:
-        if source.suffix == ".npz":
-            slices = _bundle_slices(source, image_size)
-        else:
-            slices = _mat_slices(source, image_size, strict)
-        _write_cache(cache, key, slices)
-    for name, reason in slices.skipped:  # on every load, cached or not: skipping is never silent
-        log.warning("skipped %s: %s", name, reason)
-    return slices
-
-
-def resolve_source(root: str | os.PathLike | None, image_size: int = 128) -> Path:
-    """The bundle file or ``.mat`` folder that ``root`` names (see :func:`load_figshare`)."""
-    if root is None or str(root) == "":
-        if not EMBEDDED_SAMPLE.is_file():
-            raise DataError(f"embedded sample missing: {EMBEDDED_SAMPLE} (run python -m datasets.make_sample)")
-        return EMBEDDED_SAMPLE
-    path = Path(root).expanduser()
-    if not path.exists():
-        raise DataError(f"data root does not exist: {path}")
-    if path.is_file():
-        if path.suffix != ".npz":
-            raise DataError(f"data root {path} is a file but not an .npz bundle")
-        return path
-    bundles = sorted(path.glob("figshare_cheng_*.npz"))
-    if bundles:
-        sizes = {int(b.stem.rsplit("_", 1)[1]): b for b in bundles if b.stem.rsplit("_", 1)[1].isdigit()}
-        larger = [s for s in sizes if s >= image_size]
-        return sizes[min(larger) if larger else max(sizes)]
-    if any(p.suffix == ".mat" for p in path.iterdir()):
-        return path
-    raise DataError(f"data root {path} holds no figshare .mat files and no figshare_cheng_*.npz bundle")
-
-
-def default_cache_dir() -> Path:
-    """``$BRAIN_TUMOUR_CACHE`` or ``~/.cache/brain-tumour-mri``."""
-    return Path(os.environ.get("BRAIN_TUMOUR_CACHE", Path.home() / ".cache" / "brain-tumour-mri"))
+    arrays: dict[str, np.ndarray]
+    subjects: np.ndarray
+    planes: np.ndarray
+    subjects_file: Path | None
 
 
 def read_bundle(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Read and validate the raw arrays of a bundle ``.npz`` (no pickle allowed)."""
+    """Read and validate the raw arrays of a bundle ``.npz`` (no pickle allowed), with
+    ``subject`` / ``plane`` when the bundle carries them."""
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as bundle:
             missing = [name for name in BUNDLE_ARRAYS if name not in bundle.files]
             if missing:
                 raise DataError(f"bundle {path} lacks array(s) {missing}; expected {list(BUNDLE_ARRAYS)}")
-            arrays = {name: bundle[name] for name in BUNDLE_ARRAYS}
+            arrays = {name: bundle[name] for name in (*BUNDLE_ARRAYS, *SUBJECT_ARRAYS) if name in bundle.files}
     except DataError:
         raise
     except Exception as error:
@@ -174,88 +65,103 @@ def read_bundle(path: str | os.PathLike) -> dict[str, np.ndarray]:
                         f"(value {int(arrays['label'][bad[0]])})")
     if np.issubdtype(arrays["image"].dtype, np.floating) and not np.isfinite(arrays["image"]).all():
         raise DataError(f"bundle {path}: image array holds NaN or infinite pixels")
+    if len(np.unique(arrays["index"])) != n:
+        raise DataError(f"bundle {path}: array 'index' repeats a figshare index")
     return arrays
 
 
-def _bundle_slices(path: Path, image_size: int) -> SliceSet:
+def read_bundle_slices(path: str | os.PathLike, subjects_file: str | os.PathLike | None = None,
+                       group_by: str = "subject") -> BundleSlices:
+    """The bundle at ``path`` with each slice's patient and plane.
+
+    Patients come from ``subjects_file``, else from the bundle's own ``subject`` array, else from
+    ``figshare_subjects.csv`` beside the bundle. ``group_by="series"`` groups by scan series instead (leaky).
+
+    Raises:
+        DataError: an unreadable bundle, no patient table, or a table that does not cover the bundle.
+    """
+    path = Path(path)
+    if group_by not in GROUPINGS:
+        raise DataError(f"data.group_by must be one of {GROUPINGS}, got {group_by!r}")
     arrays = read_bundle(path)
-    images = np.stack([preprocess_slice(im, image_size) for im in
-                       tqdm(arrays["image"], desc=f"preprocess {path.name}", leave=False, mininterval=2)])
-    masks = np.stack([preprocess_mask(m, image_size) for m in arrays["mask"]])
-    return _slice_set(images, masks, arrays["label"], arrays["index"],
-                      np.array([f"series-{int(s)}" for s in arrays["series"]]), arrays["cvind"], str(path), [])
+    n = arrays["label"].shape[0]
+    table = subjects_table_path(path, subjects_file, "subject" in arrays)
+    if table is not None:
+        subjects, planes = read_subjects(table, arrays["index"])
+    elif "subject" in arrays:
+        subjects = arrays["subject"].astype(np.int64).astype(str)
+        planes = arrays["plane"].astype(str) if "plane" in arrays else np.full(n, "")
+    elif group_by == "series":
+        subjects, planes = None, np.full(n, "")
+    else:
+        raise DataError(f"bundle {path} has no patient table: put {SUBJECTS_CSV} beside it or set "
+                        f"data.subjects=PATH (data.group_by=series groups by scan series, which leaks patients)")
+    if group_by == "series":
+        subjects = np.array([f"series-{int(s)}" for s in arrays["series"]])
+    _check_one_label_per_subject(table or path, subjects, arrays["label"])
+    return BundleSlices(arrays, subjects, planes, table)
 
 
-def _mat_slices(folder: Path, image_size: int, strict: bool) -> SliceSet:
-    from datasets.matlab import scan_mat_folder
-
-    records, skipped = scan_mat_folder(folder, strict=strict)
-    images = np.stack([preprocess_slice(r.image, image_size) for r in records])
-    masks = np.stack([preprocess_mask(r.mask, image_size) for r in records])
-    return _slice_set(images, masks, np.array([r.label for r in records]), np.array([r.file_id for r in records]),
-                      np.array([r.group for r in records]), np.array([r.cvind for r in records]), str(folder),
-                      skipped)
-
-
-def _slice_set(images: np.ndarray, masks: np.ndarray, labels: np.ndarray, file_ids: np.ndarray,
-               groups: np.ndarray, cvind: np.ndarray, source: str, skipped: list) -> SliceSet:
-    labels = np.asarray(labels, dtype=np.int64) - 1
-    file_ids = np.asarray(file_ids, dtype=np.int64)
-    groups = np.asarray(groups).astype(str)
-    return SliceSet(images.astype(np.uint8), masks.astype(bool), labels, file_ids, groups,
-                    np.asarray(cvind, dtype=np.int64), source, _fingerprint(images, masks, labels, file_ids, groups),
-                    list(skipped))
+def subjects_table_path(bundle: Path, subjects_file: str | os.PathLike | None, embedded: bool) -> Path | None:
+    """The patient table to read: ``subjects_file`` when given, else the CSV beside ``bundle`` unless the
+    bundle carries its own ``subject`` array."""
+    if subjects_file not in (None, ""):
+        table = Path(subjects_file).expanduser()
+        if not table.is_file():
+            raise DataError(f"data.subjects names no file: {table}")
+        return table
+    beside = bundle.parent / SUBJECTS_CSV
+    return beside if beside.is_file() and not embedded else None
 
 
-def _fingerprint(images: np.ndarray, masks: np.ndarray, labels: np.ndarray, file_ids: np.ndarray,
-                 groups: np.ndarray) -> str:
-    """16 hex digits of SHA-256 over the model-side content (the data identity runs and folds record)."""
-    digest = hashlib.sha256()
-    for array in (images, masks, labels, file_ids, groups.astype("U")):
-        digest.update(np.ascontiguousarray(array).tobytes())
-    return digest.hexdigest()[:16]
+def read_subjects(path: str | os.PathLike, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Patient id and scan plane for each figshare ``index`` from a ``figshare_subjects.csv`` table.
 
-
-def _cache_key(source: Path, image_size: int, strict: bool) -> str:
-    """Hash of the source files' (name, size, mtime) and the preprocessing parameters."""
-    files = [source] if source.is_file() else sorted(p for p in source.iterdir() if p.suffix == ".mat")
-    listing = [(p.name, (st := p.stat()).st_size, st.st_mtime_ns) for p in files]
-    blob = json.dumps({"v": CACHE_VERSION, "source": str(source.resolve()), "files": listing,
-                       "size": image_size, "strict": strict})
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def _read_cache(path: Path, key: str) -> SliceSet | None:
-    """A cached :class:`SliceSet`, or ``None`` when absent, stale or corrupt (then it is rebuilt)."""
-    if not path.exists():
-        return None
+    Raises:
+        DataError: missing columns, a bad row, a plane outside axial/coronal/sagittal, or an index the table
+            does not list (each error names the file and the row).
+    """
+    path = Path(path)
+    rows: dict[int, tuple[str, str]] = {}
     try:
-        with np.load(path, allow_pickle=False) as c:
-            if str(c["key"]) != key:
-                raise ValueError("stale cache key")
-            data = SliceSet(c["images"], c["masks"], c["labels"], c["file_ids"], c["groups"], c["cvind"],
-                            str(c["source"]), str(c["fingerprint"]),
-                            [tuple(s) for s in json.loads(str(c["skipped"]))])
-            if _fingerprint(data.images, data.masks, data.labels, data.file_ids, data.groups) != data.fingerprint:
-                raise ValueError("content does not match its fingerprint")
-            return data
-    except Exception as error:
-        log.warning("ignoring unusable cache %s (%s); rebuilding", path, error)
-        return None
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            missing = [c for c in SUBJECTS_COLUMNS if c not in (reader.fieldnames or [])]
+            if missing:
+                raise DataError(f"{path}: lacks column(s) {missing}; expected {list(SUBJECTS_COLUMNS)}")
+            for line, row in enumerate(reader, start=2):
+                rows[_index_of(path, line, row["index"], rows)] = _subject_row(path, line, row)
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise DataError(f"{path}: unreadable patient table ({error})") from error
+    unknown = [int(i) for i in index if int(i) not in rows]
+    if unknown:
+        raise DataError(f"{path} lists no subject for figshare index {unknown[0]} "
+                        f"({len(unknown)} bundle slices missing); is it the table of this bundle?")
+    pairs = [rows[int(i)] for i in index]
+    return np.array([s for s, _ in pairs]), np.array([p for _, p in pairs])
 
 
-def _write_cache(path: Path, key: str, data: SliceSet) -> None:
-    with atomic_open(path, "wb") as handle:
-        np.savez(handle, key=key, images=data.images, masks=data.masks, labels=data.labels,
-                 file_ids=data.file_ids, groups=data.groups, cvind=data.cvind, source=data.source,
-                 fingerprint=data.fingerprint, skipped=json.dumps(data.skipped))
+def _index_of(path: Path, line: int, value: str, seen: dict[int, tuple[str, str]]) -> int:
+    if not value.strip().isdecimal() or int(value) < 1:
+        raise DataError(f"{path} line {line}: index {value!r} is not a positive integer")
+    if int(value) in seen:
+        raise DataError(f"{path} line {line}: index {value} is listed twice")
+    return int(value)
 
 
-def class_counts_table(data: SliceSet) -> str:
-    """A plain-text table: slices and groups per class."""
-    lines = [f"{'class':<12}{'slices':>8}{'groups':>8}"]
-    for index, name in enumerate(CLASS_NAMES):
-        members = data.labels == index
-        lines.append(f"{name:<12}{int(members.sum()):>8}{len(set(data.groups[members])):>8}")
-    lines.append(f"{'total':<12}{len(data):>8}{len(set(data.groups)):>8}")
-    return "\n".join(lines)
+def _subject_row(path: Path, line: int, row: dict[str, str]) -> tuple[str, str]:
+    subject, plane = (row["subject"] or "").strip(), (row["plane"] or "").strip()
+    if not subject:
+        raise DataError(f"{path} line {line}: empty subject")
+    if plane not in PLANES:
+        raise DataError(f"{path} line {line}: plane {plane!r} is not one of {PLANES}")
+    return subject, plane
+
+
+def _check_one_label_per_subject(where: Path, subjects: np.ndarray, labels: np.ndarray) -> None:
+    """A patient has one tumour type; a table that says otherwise belongs to other data."""
+    first: dict[str, int] = {}
+    for subject, label in zip(subjects.tolist(), labels.tolist(), strict=True):
+        if first.setdefault(subject, label) != label:
+            raise DataError(f"{where}: subject {subject} has slices of two tumour types ({first[subject]} and "
+                            f"{label}); the patient table does not match the bundle")

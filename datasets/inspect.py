@@ -1,4 +1,4 @@
-"""Summarise a figshare data root: slices and groups per class and per fold, and a shard
+"""Summarise a figshare data root: slices and patients per class and per fold, and a shard
 round trip (the foundation step of ``scripts/demo.sh``).
 
     python -m datasets.inspect [data.root=PATH] [data.split=cvind] [data.k=5]
@@ -13,33 +13,34 @@ import numpy as np
 from omegaconf import DictConfig
 
 from datasets import config as data_config
-from datasets.figshare import CLASS_NAMES, SliceSet, class_counts_table, load_figshare
+from datasets.core import CLASS_NAMES, SliceSet
 from datasets.shards import read_shards, write_shards
-from datasets.splits import PARTS, fold_indices, load_or_make_folds
+from datasets.slices import class_counts_table
+from datasets.splits import PARTS, fold_indices, load_data, load_or_make_folds
 
 log = logging.getLogger(__name__)
 data_config.register()
 
 
 def folds_table(data: SliceSet, manifest: dict) -> str:
-    """Slices/groups per class for each fold's train, val and test parts."""
+    """Slices/patients per class for each fold's train, val and test parts."""
     header = f"{'fold':<6}{'part':<7}" + "".join(f"{n:>18}" for n in CLASS_NAMES) + f"{'total':>14}"
-    lines = [header, " " * 13 + "".join(f"{'slices/groups':>18}" for _ in CLASS_NAMES)]
+    lines = [header, " " * 13 + "".join(f"{'slices/subjects':>18}" for _ in CLASS_NAMES)]
     for fold in range(len(manifest["folds"])):
         index = fold_indices(manifest, data, fold)
         for part in PARTS:
             sub = data.subset(index[part])
-            cells = [f"{int((sub.labels == c).sum())}/{len(set(sub.groups[sub.labels == c]))}"
+            cells = [f"{int((sub.labels == c).sum())}/{len(set(sub.subjects[sub.labels == c]))}"
                      for c in range(len(CLASS_NAMES))]
             lines.append(f"{fold:<6}{part:<7}" + "".join(f"{c:>18}" for c in cells)
-                         + f"{len(sub)}/{len(set(sub.groups))}".rjust(14))
+                         + f"{len(sub)}/{len(set(sub.subjects))}".rjust(14))
     return "\n".join(lines)
 
 
 def run(cfg: DictConfig) -> dict:
     """Load the data, build the folds, round-trip a shard set; return what was printed as numbers."""
-    data = load_figshare(cfg.data.root, cfg.data.image_size, cfg.data.strict, cfg.data.cache_dir)
-    manifest, path = load_or_make_folds(data, cfg.data.folds_dir, cfg.data.split, cfg.data.k,
+    data = load_data(cfg.data)
+    manifest, path = load_or_make_folds(data, cfg.data.splits_dir, cfg.data.split, cfg.data.k,
                                         cfg.data.split_seed, cfg.data.val_fraction)
     print(f"data: {data.source}  ({len(data)} slices at {data.image_size}x{data.image_size}, "
           f"fingerprint {data.fingerprint})")
@@ -53,7 +54,7 @@ def run(cfg: DictConfig) -> dict:
     same = bool(np.array_equal(images, data.images) and np.array_equal(labels, data.labels))
     print(f"\nshards: {len(written['shards'])} written to {shard_dir}, read back {len(labels)} images, "
           f"identical={same}")
-    return {"slices": len(data), "groups": len(set(data.groups)), "folds": manifest["k"], "shards_identical": same}
+    return {"slices": len(data), "subjects": len(set(data.subjects)), "folds": manifest["k"], "shards_identical": same}
 
 
 @hydra.main(config_path="configs", config_name="inspect", version_base=None)

@@ -19,9 +19,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 import scipy.io
-from tqdm import tqdm
 
-from datasets.figshare import DataError, SliceRecord
+from datasets.core import DataError, SliceRecord
+from experiment.progress import progress
 
 STRUCT = "cjdata"
 FIELDS = ("label", "PID", "image", "tumorBorder", "tumorMask")
@@ -49,7 +49,7 @@ class MatFileError(DataError):
 def read_mat_slice(path: str | os.PathLike) -> SliceRecord:
     """Read and validate one figshare slice file (v7.3 or v5) into a :class:`SliceRecord`.
 
-    ``file_id`` comes from the file name ``<index>.mat``; ``group`` is the patient id.
+    ``file_id`` comes from the file name ``<index>.mat``; ``subject`` is the patient id (``PID``).
 
     Raises:
         MatFileError: not a .mat file, truncated, missing ``cjdata`` or a field, bad label,
@@ -76,7 +76,7 @@ def read_cvind(path: str | os.PathLike) -> np.ndarray:
 
 
 def scan_mat_folder(folder: str | os.PathLike, strict: bool = True,
-                    progress: bool = True) -> tuple[list[SliceRecord], list[tuple[str, str]]]:
+                    show_progress: bool = True) -> tuple[list[SliceRecord], list[tuple[str, str]]]:
     """Read every ``<index>.mat`` slice in ``folder``, sorted by file id.
 
     ``cvind`` is attached from ``cvind.mat`` when the folder holds one (0 otherwise).
@@ -85,7 +85,7 @@ def scan_mat_folder(folder: str | os.PathLike, strict: bool = True,
         folder: a folder of figshare slice files.
         strict: raise at the first bad file; with ``False`` bad files are skipped and returned
             as ``(file name, reason)`` pairs for the caller to report.
-        progress: show a tqdm progress bar.
+        show_progress: show a progress bar (plain lines when not in a terminal).
     Raises:
         DataError: no .mat slice files, no readable slice at all, duplicate file ids, a bad
             ``cvind.mat``, or (strict) the first bad file as :class:`MatFileError`.
@@ -99,7 +99,7 @@ def scan_mat_folder(folder: str | os.PathLike, strict: bool = True,
         raise DataError(f"{folder} holds no figshare .mat slice files (<index>.mat)")
     records: list[SliceRecord] = []
     skipped: list[tuple[str, str]] = []
-    for path in tqdm(paths, desc=f"read {folder.name}", disable=not progress, mininterval=2, leave=False):
+    for path in progress(paths, desc=f"read {folder.name}", disable=not show_progress):
         try:
             records.append(read_mat_slice(path))
         except MatFileError as error:
@@ -215,7 +215,7 @@ def _slice_record(path: Path, file_id: int, fields: dict[str, MatValue]) -> Slic
     border = fields["tumorBorder"]
     if not isinstance(border, np.ndarray) or border.dtype.kind not in "iuf":
         raise MatFileError(path, "tumorBorder is not a numeric array")
-    return SliceRecord(file_id=file_id, image=image, label=label, group=pid.strip(), mask=mask != 0,
+    return SliceRecord(file_id=file_id, image=image, label=label, subject=pid.strip(), mask=mask != 0,
                        border=border.astype(np.float64).ravel())
 
 

@@ -1,13 +1,14 @@
-"""Grouped, stratified k-fold splits saved as a JSON manifest (``folds.json``).
+"""Patient-wise, stratified k-fold splits saved as a JSON manifest (``folds-*.json``).
 
 Protocols:
 
-* ``grouped`` (default, k=7): scikit-learn ``StratifiedGroupKFold`` over the finest grouping
-  the source has (patient id for ``.mat`` folders, ``series`` for the bundle);
+* ``grouped`` (default, k=7): scikit-learn ``StratifiedGroupKFold`` over patients (``PID`` for ``.mat``
+  folders, ``subject`` from ``figshare_subjects.csv`` for the bundle);
 * ``cvind``: the authors' patient-wise 5-fold split shipped with the data (test fold i = cvind i+1).
 
-Each fold also carves a validation subset out of its training groups (again grouped and
-stratified), used for model selection only. Every model of a fold reads the same manifest.
+Each fold also carves a validation subset out of its training patients (grouped and stratified the same
+way, in both protocols), used for model selection only. Every model of a fold reads the same manifest, and
+a manifest whose parts share a slice or a patient is refused.
 """
 from __future__ import annotations
 
@@ -19,10 +20,10 @@ from typing import Any
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
-from datasets.figshare import DataError, SliceSet, load_figshare
+from datasets.core import CLASS_NAMES, PROTOCOLS, DataError, SliceSet, fold_count
+from datasets.slices import load_slices
 from experiment.atomic import atomic_write_json
 
-PROTOCOLS = ("grouped", "cvind")
 PARTS = ("train", "val", "test")
 
 
@@ -31,7 +32,7 @@ def make_folds(data: SliceSet, protocol: str = "grouped", k: int = 7, seed: int 
     """Build the fold manifest for ``data``.
 
     Raises:
-        ValueError: unknown protocol, ``k`` outside 2..10, bad ``val_fraction``, or too few groups.
+        ValueError: unknown protocol, ``k`` outside 2..10, bad ``val_fraction``, or too few patients in a class.
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown split protocol {protocol!r}; choose one of {PROTOCOLS}")
@@ -39,7 +40,6 @@ def make_folds(data: SliceSet, protocol: str = "grouped", k: int = 7, seed: int 
         raise ValueError(f"val_fraction must be in (0, 0.5), got {val_fraction}")
     if protocol == "cvind":
         test_ids = _cvind_test_folds(data)
-        k = len(test_ids)
     else:
         if not 2 <= k <= 10:
             raise ValueError(f"k must be between 2 and 10, got {k}")
@@ -51,19 +51,19 @@ def make_folds(data: SliceSet, protocol: str = "grouped", k: int = 7, seed: int 
         train_index = np.setdiff1d(rest, val_index)
         folds.append({"fold": fold, **{part: _describe(data, index) for part, index in
                                        zip(PARTS, (train_index, val_index, test_index), strict=True)}})
-    return {"protocol": protocol, "k": k, "seed": seed, "val_fraction": val_fraction,
+    return {"protocol": protocol, "k": len(folds), "seed": seed, "val_fraction": val_fraction,
             "data_fingerprint": data.fingerprint, "source": data.source, "folds": folds}
 
 
-def load_or_make_folds(data: SliceSet, folds_dir: str | os.PathLike, protocol: str = "grouped", k: int = 7,
+def load_or_make_folds(data: SliceSet, splits_dir: str | os.PathLike, protocol: str = "grouped", k: int = 7,
                        seed: int = 0, val_fraction: float = 0.15) -> tuple[dict[str, Any], Path]:
-    """Read the manifest for these settings from ``folds_dir``, creating it (atomically) if absent.
+    """Read the manifest for these settings from ``splits_dir``, creating it (atomically) if absent.
 
     The file name carries protocol, k, seed and the data fingerprint, so every entry point
     with the same settings shares one file.
     """
-    k_name = "5" if protocol == "cvind" else str(k)
-    path = Path(folds_dir) / f"folds-{protocol}-k{k_name}-seed{seed}-val{val_fraction:g}-{data.fingerprint}.json"
+    name = f"folds-{protocol}-k{fold_count(protocol, k)}-seed{seed}-val{val_fraction:g}-{data.fingerprint}.json"
+    path = Path(splits_dir) / name
     if path.exists():
         return load_folds(path, data), path
     manifest = make_folds(data, protocol, k, seed, val_fraction)
@@ -72,12 +72,47 @@ def load_or_make_folds(data: SliceSet, folds_dir: str | os.PathLike, protocol: s
 
 
 def load_folds(path: str | os.PathLike, data: SliceSet | None = None) -> dict[str, Any]:
-    """Read a fold manifest; with ``data``, check it was made for the same data."""
-    manifest = json.loads(Path(path).read_text(encoding="utf-8"))
+    """Read and check a fold manifest: well-formed, parts disjoint in slices and in patients within every
+    fold, test folds disjoint across folds; with ``data``, made for the same data and naming only its slices.
+
+    Raises:
+        DataError: unreadable, malformed or overlapping manifest, or one made for other data (names the file).
+    """
+    try:
+        manifest = json.loads(Path(path).read_text(encoding="utf-8"))
+        folds = [(fold, [(part, entry[part]["file_ids"], entry[part]["subjects"]) for part in PARTS])
+                 for fold, entry in enumerate(manifest["folds"])]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as error:
+        raise DataError(f"fold manifest {path} is unreadable or malformed ({type(error).__name__}: {error}); "
+                        "delete it to rebuild the folds") from error
     if data is not None and manifest.get("data_fingerprint") != data.fingerprint:
         raise DataError(f"fold manifest {path} was made for data {manifest.get('data_fingerprint')}, "
                         f"not for the loaded data {data.fingerprint}")
+    known = None if data is None else set(data.file_ids.tolist())
+    tested: set[int] = set()
+    for fold, parts in folds:
+        _check_disjoint(path, fold, parts, known)
+        test = set(parts[-1][1])
+        if tested & test:
+            raise DataError(f"fold manifest {path}: fold {fold}'s test slices also appear in another fold's test "
+                            f"part (e.g. file id {min(tested & test)})")
+        tested |= test
     return manifest
+
+
+def _check_disjoint(path: str | os.PathLike, fold: int, parts: list[tuple[str, list, list]],
+                    known: set[int] | None) -> None:
+    """No slice and no patient in two parts of ``fold``; every slice known to the data."""
+    for i, (name, ids, subjects) in enumerate(parts):
+        if known is not None and not known.issuperset(ids):
+            raise DataError(f"fold manifest {path}: fold {fold} {name} names file id "
+                            f"{min(set(ids) - known)}, which the data does not hold")
+        for other, other_ids, other_subjects in parts[i + 1:]:
+            shared_ids, shared = set(ids) & set(other_ids), set(subjects) & set(other_subjects)
+            if shared_ids or shared:
+                what = f"file id {min(shared_ids)}" if shared_ids else f"subject {sorted(shared)[0]}"
+                raise DataError(f"fold manifest {path}: fold {fold} has {what} in both {name} and {other}; "
+                                "parts must not overlap")
 
 
 def fold_indices(manifest: dict[str, Any], data: SliceSet, fold: int) -> dict[str, np.ndarray]:
@@ -96,33 +131,54 @@ def fold_indices(manifest: dict[str, Any], data: SliceSet, fold: int) -> dict[st
 
 def _describe(data: SliceSet, index: np.ndarray) -> dict[str, Any]:
     index = np.sort(index)
-    return {"file_ids": data.file_ids[index].tolist(), "groups": sorted(set(data.groups[index].tolist())),
+    return {"file_ids": data.file_ids[index].tolist(), "subjects": sorted(set(data.subjects[index].tolist())),
             "class_counts": np.bincount(data.labels[index], minlength=3).tolist()}
 
 
 def _grouped_test_folds(data: SliceSet, k: int, seed: int) -> list[np.ndarray]:
-    n_groups = len(set(data.groups))
-    if n_groups < k:
-        raise ValueError(f"{k}-fold split needs at least {k} groups, the data has {n_groups}")
+    _check_patients_per_class(data.subjects, data.labels, k, f"a {k}-fold split of {data.source}")
     splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
-    return [test for _, test in splitter.split(np.zeros(len(data)), data.labels, data.groups)]
+    return [test for _, test in splitter.split(np.zeros(len(data)), data.labels, data.subjects)]
 
 
 def _cvind_test_folds(data: SliceSet) -> list[np.ndarray]:
     values = sorted(set(data.cvind.tolist()))
     if not values or values[0] < 1:
         raise DataError(f"split=cvind needs the authors' cvind for every slice; {data.source} lacks it")
+    folds_of: dict[str, set[int]] = {}
+    for subject, fold in zip(data.subjects.tolist(), data.cvind.tolist(), strict=True):
+        folds_of.setdefault(subject, set()).add(fold)
+    crossing = sorted(s for s, f in folds_of.items() if len(f) > 1)
+    if crossing:
+        raise DataError(f"split=cvind: subject {crossing[0]} of {data.source} lies in cvind folds "
+                        f"{sorted(folds_of[crossing[0]])} ({len(crossing)} such subjects); the authors' folds would "
+                        "leak patients")
     return [np.flatnonzero(data.cvind == v) for v in values]
 
 
 def _carve_validation(data: SliceSet, rest: np.ndarray, val_fraction: float, seed: int) -> np.ndarray:
     n_splits = max(2, round(1.0 / val_fraction))
-    groups = data.groups[rest]
-    if len(set(groups)) < n_splits:
-        raise ValueError(f"too few training groups ({len(set(groups))}) to carve a validation set")
+    subjects = data.subjects[rest]
+    _check_patients_per_class(subjects, data.labels[rest], n_splits,
+                              f"carving a validation share of {val_fraction:g} from a fold's training part")
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed % 2**32)
-    _, val = next(splitter.split(np.zeros(rest.size), data.labels[rest], groups))
+    _, val = next(splitter.split(np.zeros(rest.size), data.labels[rest], subjects))
     return rest[val]
+
+
+def _check_patients_per_class(subjects: np.ndarray, labels: np.ndarray, needed: int, what: str) -> None:
+    """Stratified patient-wise splitting into ``needed`` parts needs that many patients in every class."""
+    counts = {name: len(set(subjects[labels == c].tolist())) for c, name in enumerate(CLASS_NAMES)}
+    smallest = min(counts, key=counts.get)
+    if counts[smallest] < needed:
+        raise ValueError(f"{what} needs at least {needed} patients per class; {smallest} has {counts[smallest]} "
+                         f"(patients per class: {counts})")
+
+
+def load_data(data_cfg: Any) -> SliceSet:
+    """The slices that ``data_cfg`` (a :class:`datasets.config.DataConfig` node) names."""
+    return load_slices(data_cfg.root, data_cfg.image_size, data_cfg.strict, data_cfg.cache_dir,
+                       data_cfg.subjects, data_cfg.group_by)
 
 
 def load_fold(data_cfg: Any, fold: int) -> tuple[SliceSet, dict[str, np.ndarray], Path]:
@@ -131,7 +187,7 @@ def load_fold(data_cfg: Any, fold: int) -> tuple[SliceSet, dict[str, np.ndarray]
 
     The one way every 2D entry point turns ``data.*`` and ``fold`` into a split.
     """
-    data = load_figshare(data_cfg.root, data_cfg.image_size, data_cfg.strict, data_cfg.cache_dir)
-    manifest, path = load_or_make_folds(data, data_cfg.folds_dir, data_cfg.split, data_cfg.k,
+    data = load_data(data_cfg)
+    manifest, path = load_or_make_folds(data, data_cfg.splits_dir, data_cfg.split, data_cfg.k,
                                         data_cfg.split_seed, data_cfg.val_fraction)
     return data, fold_indices(manifest, data, fold), path

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from datasets.figshare import DataError
+from datasets.core import EMBEDDED_VOLUMES, DataError
 from experiment.atomic import atomic_open
 
 log = logging.getLogger(__name__)
@@ -142,16 +142,17 @@ class Volume:
 # ----------------------------------------------------------------------------------------------- discovery
 
 
-def scan_volumes(root: str | os.PathLike, layout: str = "auto", modality: str = "t1ce",
+def scan_volumes(root: str | os.PathLike | None, layout: str = "auto", modality: str = "t1ce",
                  strict: bool = True) -> VolumeScan:
-    """Find and label the volumes under ``root``; each file's header must be a readable 3-D NIfTI.
+    """Find and label the volumes under ``root`` (``None``: the embedded sample); each file's header must be
+    a readable 3-D NIfTI.
 
     Raises:
         VolumeError: (strict) a missing modality file, an unknown label folder or label, a file that is
             not NIfTI or not 3-D; (always) a missing root or no volume at all.
         ValueError: unknown ``layout`` or ``modality``.
     """
-    root = Path(root)
+    root = EMBEDDED_VOLUMES if root in (None, "") else Path(root)
     if layout not in LAYOUTS:
         raise ValueError(f"unknown volume layout {layout!r}; choose one of {LAYOUTS}")
     if modality not in MODALITIES:

@@ -1,12 +1,31 @@
-"""Typed Hydra schema for monitoring (``monitor.*``) shared by every entry point."""
+"""Typed Hydra schemas shared by every entry point: ``monitor.*``, the common ``train.*`` fields, and the
+renames of configuration keys the README once taught under other names (old name -> new name, warned once)."""
 from __future__ import annotations
 
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Optional
 
 from hydra.core.config_store import ConfigStore
 
 DEFAULT_VISDOM_PORT = 8097
+
+LEGACY_NAMES: dict[str, str] = {
+    "training.amp": "amp",
+    "training.cpu_bf16": "cpu_bf16",
+    "training": "train",
+    "data.seed": "data.split_seed",
+    "data.folds_dir": "data.splits_dir",
+    "epochs": "train.epochs",
+    "epochs_decay": "train.epochs_decay",
+    "keep_checkpoints": "train.keep_checkpoints",
+    "optim.batch_size": "train.batch_size",
+    "optim.lr": "train.lr",
+    "optim.beta1": "train.beta1",
+    "optim": "loss",
+}
+"""Old configuration key (or group prefix) -> its name now; the most specific entry wins."""
 
 
 @dataclass
@@ -21,13 +40,50 @@ class MonitorConfig:
     timeout_s: float = 2.0
 
 
+@dataclass
+class TrainConfig:
+    """``train.*`` fields every training loop has: epoch budget, batch size, learning rate, checkpoints kept."""
+
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3
+    keep_checkpoints: int = 2
+
+
+@dataclass
+class SupervisedTrainConfig(TrainConfig):
+    """``train.*`` of the classifiers (2D and 3D): AdamW weight decay, early-stopping patience on validation
+    macro-F1 (0 = never) and gradient-norm clipping (0 = off)."""
+
+    weight_decay: float = 1e-4
+    patience: int = 0
+    grad_clip: float = 5.0
+
+
 def register() -> None:
     """Register ``monitor=default`` in Hydra's ConfigStore (idempotent)."""
     ConfigStore.instance().store(group="monitor", name="default", node=MonitorConfig)
 
 
-def hydra_output_dir() -> str:
-    """The run directory Hydra chose for this job (``hydra.run.dir`` or the multirun sweep subdir)."""
-    from hydra.core.hydra_config import HydraConfig
+def rename_legacy_overrides(argv: Sequence[str]) -> list[str]:
+    """Command-line overrides with every old key of :data:`LEGACY_NAMES` renamed, each rename warned once.
 
-    return HydraConfig.get().runtime.output_dir
+    Handles Hydra's ``+``, ``++`` and ``~`` prefixes; anything without ``=`` (flags, ``-m``) passes unchanged.
+    """
+    renamed = []
+    for arg in argv:
+        prefix = arg[: len(arg) - len(arg.lstrip("+~"))]
+        key, sep, value = arg[len(prefix):].partition("=")
+        new_key = _new_name(key) if (sep or prefix == "~") and not key.startswith("-") else key
+        if new_key != key:
+            warnings.warn(f"config key {key!r} is now {new_key!r}; the old name will go", FutureWarning,
+                          stacklevel=2)
+        renamed.append(f"{prefix}{new_key}{sep}{value}")
+    return renamed
+
+
+def _new_name(key: str) -> str:
+    for old in sorted(LEGACY_NAMES, key=len, reverse=True):
+        if key == old or key.startswith(old + "."):
+            return LEGACY_NAMES[old] + key[len(old):]
+    return key

@@ -13,9 +13,10 @@ import pytest
 from matfiles import make_records, slice_fields, write_cvind, write_mat_folder, write_mat_v5, write_mat_v73, write_slice
 from scipy.io.matlab import matfile_version
 
-import datasets.matlab as matlab
-from datasets.figshare import DataError, SliceRecord, load_figshare
+import datasets.slices as slices
+from datasets.core import DataError, SliceRecord
 from datasets.matlab import FIELDS, MatFileError, read_cvind, read_mat_slice, scan_mat_folder
+from datasets.slices import load_slices
 
 VERSIONS = ("7.3", "5")
 WRITERS = {"7.3": write_mat_v73, "5": write_mat_v5}
@@ -31,7 +32,7 @@ def _record(**changes: object) -> SliceRecord:
 def _assert_same(expected: list[SliceRecord], actual: list[SliceRecord]) -> None:
     assert [r.file_id for r in actual] == [r.file_id for r in expected]
     for want, got in zip(expected, actual, strict=True):
-        assert (got.label, got.group, got.cvind) == (want.label, want.group, want.cvind)
+        assert (got.label, got.subject, got.cvind) == (want.label, want.subject, want.cvind)
         assert got.image.dtype == want.image.dtype and np.array_equal(got.image, want.image)
         assert got.mask.dtype == bool and np.array_equal(got.mask, want.mask)
         np.testing.assert_allclose(got.border, want.border)
@@ -40,7 +41,7 @@ def _assert_same(expected: list[SliceRecord], actual: list[SliceRecord]) -> None
 # --- the fixture really has MATLAB's v7.3 layout -------------------------------------------------
 
 def test_v73_fixture_has_matlab_header_and_attributes(tmp_path: Path) -> None:
-    record = _record(group="MR040232")
+    record = _record(subject="MR040232")
     path = write_slice(tmp_path / "7.mat", record, version="7.3")
     assert matfile_version(path) == (2, 0)  # scipy's own parser sees a v7.3 header
     assert path.read_bytes()[:19] == b"MATLAB 7.3 MAT-file"
@@ -74,8 +75,8 @@ def test_v73_reader_transposes_column_major_arrays(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("version", VERSIONS)
 def test_pid_is_decoded_to_text(tmp_path: Path, version: str) -> None:
-    record = read_mat_slice(write_slice(tmp_path / "11.mat", _record(group="MR040232"), version=version))
-    assert record.group == "MR040232" and record.file_id == 11
+    record = read_mat_slice(write_slice(tmp_path / "11.mat", _record(subject="MR040232"), version=version))
+    assert record.subject == "MR040232" and record.file_id == 11
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -89,25 +90,25 @@ def test_empty_border_reads_as_empty(tmp_path: Path, version: str) -> None:
 @pytest.mark.parametrize("version", VERSIONS)
 def test_scan_returns_generated_records_sorted_with_cvind(tmp_path: Path, version: str) -> None:
     expected = write_mat_folder(tmp_path, count=12, size=48, small_size=24, version=version)
-    records, skipped = scan_mat_folder(tmp_path, progress=False)
+    records, skipped = scan_mat_folder(tmp_path, show_progress=False)
     assert skipped == []
     _assert_same(expected, records)  # 1..12 in numeric order, not 1, 10, 11, 12, 2, ...
     assert {r.image.shape for r in records} == {(48, 48), (24, 24)}
     assert {r.cvind for r in records} == {1, 2, 3, 4}
-    assert len({r.group for r in records}) == 4
+    assert len({r.subject for r in records}) == 4
 
 
 def test_v5_and_v73_folders_hold_the_same_content(tmp_path: Path) -> None:
     write_mat_folder(tmp_path / "v73", count=6, version="7.3", seed=4)
     write_mat_folder(tmp_path / "v5", count=6, version="5", seed=4)
-    v73, _ = scan_mat_folder(tmp_path / "v73", progress=False)
-    v5, _ = scan_mat_folder(tmp_path / "v5", progress=False)
+    v73, _ = scan_mat_folder(tmp_path / "v73", show_progress=False)
+    v5, _ = scan_mat_folder(tmp_path / "v5", show_progress=False)
     _assert_same(v73, v5)
 
 
 def test_scan_without_cvind_file_reports_fold_zero(tmp_path: Path) -> None:
     write_mat_folder(tmp_path, count=4, cvind=False)
-    records, _ = scan_mat_folder(tmp_path, progress=False)
+    records, _ = scan_mat_folder(tmp_path, show_progress=False)
     assert [r.cvind for r in records] == [0, 0, 0, 0]
 
 
@@ -121,7 +122,7 @@ def test_cvind_shorter_than_the_folder_is_an_error(tmp_path: Path) -> None:
     write_mat_folder(tmp_path, count=4, cvind=False)
     write_cvind(tmp_path / "cvind.mat", np.array([1, 2, 3]))
     with pytest.raises(DataError, match="cvind.mat lists 3 folds but the folder holds index 4"):
-        scan_mat_folder(tmp_path, progress=False)
+        scan_mat_folder(tmp_path, show_progress=False)
 
 
 # --- bad input: every error names the file --------------------------------------------------------
@@ -215,7 +216,7 @@ def test_empty_folder_is_an_error(tmp_path: Path) -> None:
         scan_mat_folder(tmp_path)
     write_cvind(tmp_path / "cvind.mat", np.array([1, 2]))  # cvind.mat alone is not a slice
     with pytest.raises(DataError, match="holds no figshare .mat slice files"):
-        load_figshare(tmp_path, cache_dir=tmp_path / "cache")
+        load_slices(tmp_path, cache_dir=tmp_path / "cache")
 
 
 # --- strict and lenient scans ---------------------------------------------------------------------
@@ -230,26 +231,26 @@ def _folder_with_bad_files(folder: Path) -> list[SliceRecord]:
 def test_strict_scan_stops_at_the_first_bad_file(tmp_path: Path) -> None:
     _folder_with_bad_files(tmp_path)
     with pytest.raises(MatFileError, match="7.mat: not a MATLAB .mat file"):
-        scan_mat_folder(tmp_path, progress=False)
+        scan_mat_folder(tmp_path, show_progress=False)
     with pytest.raises(MatFileError, match="7.mat: not a MATLAB .mat file"):
-        load_figshare(tmp_path, image_size=32, cache_dir=tmp_path / "cache")
+        load_slices(tmp_path, image_size=32, cache_dir=tmp_path / "cache")
 
 
 def test_lenient_scan_skips_and_lists_bad_files(tmp_path: Path) -> None:
     expected = _folder_with_bad_files(tmp_path)
-    records, skipped = scan_mat_folder(tmp_path, strict=False, progress=False)
+    records, skipped = scan_mat_folder(tmp_path, strict=False, show_progress=False)
     _assert_same(expected, records)
     assert [name for name, _ in skipped] == ["7.mat", "8.mat"]
     assert skipped[0][1].startswith("not a MATLAB .mat file") and skipped[1][1].startswith("label 4 outside")
 
 
-def test_load_figshare_surfaces_skipped_files_on_every_load(tmp_path: Path,
+def test_load_slices_surfaces_skipped_files_on_every_load(tmp_path: Path,
                                                             caplog: pytest.LogCaptureFixture) -> None:
     _folder_with_bad_files(tmp_path)
     for _ in range(2):  # the second load comes from the cache and must warn again
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="datasets.figshare"):
-            data = load_figshare(tmp_path, image_size=32, strict=False, cache_dir=tmp_path / "cache")
+            data = load_slices(tmp_path, image_size=32, strict=False, cache_dir=tmp_path / "cache")
         assert len(data) == 6 and [name for name, _ in data.skipped] == ["7.mat", "8.mat"]
         warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
         assert any("skipped 7.mat: not a MATLAB" in m for m in warned)
@@ -260,18 +261,18 @@ def test_lenient_scan_with_no_readable_file_is_an_error(tmp_path: Path) -> None:
     _not_mat(tmp_path / "1.mat")
     _text(tmp_path / "2.mat")
     with pytest.raises(DataError, match="no readable slice .* all 2 .mat files were skipped, first 1.mat"):
-        scan_mat_folder(tmp_path, strict=False, progress=False)
+        scan_mat_folder(tmp_path, strict=False, show_progress=False)
 
 
-# --- load_figshare end to end and its cache -------------------------------------------------------
+# --- load_slices end to end and its cache -------------------------------------------------------
 
-def test_load_figshare_reads_a_mat_folder(tmp_path: Path) -> None:
+def test_load_slices_reads_a_mat_folder(tmp_path: Path) -> None:
     expected = write_mat_folder(tmp_path / "mat", count=9, size=64, small_size=32)
-    data = load_figshare(tmp_path / "mat", image_size=32, cache_dir=tmp_path / "cache")
+    data = load_slices(tmp_path / "mat", image_size=32, cache_dir=tmp_path / "cache")
     assert data.images.shape == (9, 32, 32) and data.images.dtype == np.uint8
     assert data.masks.shape == (9, 32, 32) and data.masks.any(axis=(1, 2)).all()
     assert data.labels.tolist() == [r.label - 1 for r in expected]
-    assert data.groups.tolist() == [r.group for r in expected]
+    assert data.subjects.tolist() == [r.subject for r in expected]
     assert data.cvind.tolist() == [r.cvind for r in expected]
     assert data.file_ids.tolist() == list(range(1, 10)) and data.skipped == []
     # the tumour is brighter than the brain around it after preprocessing (meningioma, pituitary)
@@ -297,61 +298,61 @@ def _cache_files(cache: Path) -> list[Path]:
 
 def test_second_load_comes_from_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_mat_folder(tmp_path / "mat", count=6)
-    first = load_figshare(tmp_path / "mat", image_size=32, cache_dir=tmp_path / "cache")
+    first = load_slices(tmp_path / "mat", image_size=32, cache_dir=tmp_path / "cache")
 
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("the .mat folder was parsed again despite a valid cache")
 
-    monkeypatch.setattr(matlab, "scan_mat_folder", refuse)
-    second = load_figshare(tmp_path / "mat", image_size=32, cache_dir=tmp_path / "cache")
+    monkeypatch.setattr(slices, "scan_mat_folder", refuse)
+    second = load_slices(tmp_path / "mat", image_size=32, cache_dir=tmp_path / "cache")
     assert second.fingerprint == first.fingerprint and np.array_equal(second.images, first.images)
-    assert second.groups.tolist() == first.groups.tolist() and second.cvind.tolist() == first.cvind.tolist()
+    assert second.subjects.tolist() == first.subjects.tolist() and second.cvind.tolist() == first.cvind.tolist()
 
 
 def test_corrupt_cache_is_rebuilt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                   caplog: pytest.LogCaptureFixture) -> None:
     write_mat_folder(tmp_path / "mat", count=6)
-    first = load_figshare(tmp_path / "mat", image_size=32, cache_dir=tmp_path / "cache")
+    first = load_slices(tmp_path / "mat", image_size=32, cache_dir=tmp_path / "cache")
     (cache,) = _cache_files(tmp_path / "cache")
     cache.write_bytes(cache.read_bytes()[:1000])
-    scan = _CountingScan(matlab.scan_mat_folder)
-    monkeypatch.setattr(matlab, "scan_mat_folder", scan)
+    scan = _CountingScan(scan_mat_folder)
+    monkeypatch.setattr(slices, "scan_mat_folder", scan)
     with caplog.at_level(logging.WARNING, logger="datasets.figshare"):
-        again = load_figshare(tmp_path / "mat", image_size=32, cache_dir=tmp_path / "cache")
+        again = load_slices(tmp_path / "mat", image_size=32, cache_dir=tmp_path / "cache")
     assert scan.calls == 1 and "ignoring unusable cache" in caplog.text
     assert again.fingerprint == first.fingerprint
-    load_figshare(tmp_path / "mat", image_size=32, cache_dir=tmp_path / "cache")
+    load_slices(tmp_path / "mat", image_size=32, cache_dir=tmp_path / "cache")
     assert scan.calls == 1  # the rebuilt cache is valid again
 
 
 def test_tampered_cache_content_is_not_trusted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_mat_folder(tmp_path / "mat", count=6)
-    first = load_figshare(tmp_path / "mat", image_size=32, cache_dir=tmp_path / "cache")
+    first = load_slices(tmp_path / "mat", image_size=32, cache_dir=tmp_path / "cache")
     (cache,) = _cache_files(tmp_path / "cache")
     with np.load(cache, allow_pickle=False) as stored:
         arrays = dict(stored)
     arrays["images"] = 255 - arrays["images"]  # same key, content no longer matches its fingerprint
     with open(cache, "wb") as handle:
         np.savez(handle, **arrays)
-    scan = _CountingScan(matlab.scan_mat_folder)
-    monkeypatch.setattr(matlab, "scan_mat_folder", scan)
-    again = load_figshare(tmp_path / "mat", image_size=32, cache_dir=tmp_path / "cache")
+    scan = _CountingScan(scan_mat_folder)
+    monkeypatch.setattr(slices, "scan_mat_folder", scan)
+    again = load_slices(tmp_path / "mat", image_size=32, cache_dir=tmp_path / "cache")
     assert scan.calls == 1 and np.array_equal(again.images, first.images)
 
 
 def test_changed_source_file_makes_the_cache_stale(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     records = write_mat_folder(tmp_path / "mat", count=6)
-    load_figshare(tmp_path / "mat", image_size=32, cache_dir=tmp_path / "cache")
+    load_slices(tmp_path / "mat", image_size=32, cache_dir=tmp_path / "cache")
     changed = records[0]
     changed.label = 3
     path = write_slice(tmp_path / "mat" / "1.mat", changed)
     stat = path.stat()
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # even on coarse-mtime filesystems
-    scan = _CountingScan(matlab.scan_mat_folder)
-    monkeypatch.setattr(matlab, "scan_mat_folder", scan)
-    data = load_figshare(tmp_path / "mat", image_size=32, cache_dir=tmp_path / "cache")
+    scan = _CountingScan(scan_mat_folder)
+    monkeypatch.setattr(slices, "scan_mat_folder", scan)
+    data = load_slices(tmp_path / "mat", image_size=32, cache_dir=tmp_path / "cache")
     assert scan.calls == 1 and data.labels[0] == 2
     (tmp_path / "mat" / "cvind.mat").touch()  # cvind.mat is a source too
     os.utime(tmp_path / "mat" / "cvind.mat", ns=(stat.st_atime_ns, stat.st_mtime_ns + 2 * 10**9))
-    load_figshare(tmp_path / "mat", image_size=32, cache_dir=tmp_path / "cache")
+    load_slices(tmp_path / "mat", image_size=32, cache_dir=tmp_path / "cache")
     assert scan.calls == 2
