@@ -7,7 +7,7 @@
 #
 #   ./scripts/cross_validate.sh [model=capsnet|resnet50] [synthetic=true|false] [data.root=PATH]
 #       [data.split=grouped|cvind] [data.k=7] [data.image_size=128] [seed=0] [folds=0,1,...] [out=DIR]
-#       [gan.KEY=VALUE ...  (to scripts/synthesize.sh, e.g. gan.epochs=3 gan.count=7000)]
+#       [gan.KEY=VALUE ...  (to scripts/synthesize.sh, e.g. gan.train.epochs=3 gan.count=7000)]
 #       [KEY=VALUE ...      (to capsule_classifier/train.py, e.g. train.epochs=40 monitor.visdom=false)]
 #
 # Re-running the same command after a crash or SIGKILL skips finished stages and continues the
@@ -20,7 +20,7 @@ bash scripts/setup.sh >/dev/null
 # shellcheck disable=SC1091
 . .venv/bin/activate
 
-model=capsnet synthetic=true split=grouped k=7 size=128 seed=0 root="" out="" folds=""
+model=capsnet synthetic=true seed=0 out="" folds="" size=128 split=grouped root=""
 data_args=() gan_args=() clf_args=()
 for arg in "$@"; do
   case "$arg" in
@@ -29,25 +29,36 @@ for arg in "$@"; do
     out=*) out=${arg#out=} ;;
     folds=*) folds=${arg#folds=} ;;
     seed=*) seed=${arg#seed=} ;;
-    data.split=*) split=${arg#data.split=}; data_args+=("$arg") ;;
-    data.k=*) k=${arg#data.k=}; data_args+=("$arg") ;;
-    data.image_size=*) size=${arg#data.image_size=}; data_args+=("$arg") ;;
-    data.root=*) root=${arg#data.root=}; data_args+=("$arg") ;;
-    data.*) data_args+=("$arg") ;;
+    data.*=*)
+      case "$arg" in
+        data.image_size=*) size=${arg#data.image_size=} ;;
+        data.split=*) split=${arg#data.split=} ;;
+        data.root=*) root=${arg#data.root=} ;;
+      esac
+      data_args+=("$arg") ;;
     gan.*=*) gan_args+=("${arg#gan.}") ;;
     *=*) clf_args+=("$arg") ;;
     *) echo "cross_validate.sh: expected key=value overrides, got '$arg'" >&2; exit 2 ;;
   esac
 done
 case "$synthetic" in true | false) ;; *) echo "cross_validate.sh: synthetic must be true or false" >&2; exit 2 ;; esac
-[ "$split" = cvind ] && k=5
-split_tag="$split-k$k"
 data_tag=$( [ -z "$root" ] && echo sample || basename "${root%/}" | tr -c 'A-Za-z0-9_.\n-' '_' )
-out=${out:-runs/protocol/$data_tag/$split_tag/${size}px/seed$seed}
 tag=$( [ "$synthetic" = true ] && echo synthetic || echo scratch )
+# The fold count and the classifier's run directories come from capsule_classifier/train.py's own config
+# (asked with out=@out@, replaced below, since the default out= depends on the fold count).
+layout() {  # layout TAG: "k <n>" then "<fold> <run_dir>" per fold
+  python -m capsule_classifier.layout "model=$model" "seed=$seed" "${data_args[@]}" "${clf_args[@]}" "tag=$1" "out=@out@"
+}
+plan=$(layout "$tag") || exit 2
+k=$(sed -n 's/^k //p' <<< "$plan")
+split_tag="$split-k$k"
+out=${out:-runs/protocol/$data_tag/$split_tag/${size}px/seed$seed}
 clf_out="$out/classifier"
-runs_dir="$clf_out/$model/$split_tag/$tag"          # this call's fold runs
-scratch_runs="$clf_out/$model/$split_tag/scratch"  # the real-only fold runs of the same out=
+fold_dirs() { sed -n "s|^[0-9]* @out@|$clf_out|p"; }
+mapfile -t run_dirs < <(fold_dirs <<< "$plan")                         # this call's fold runs
+scratch_dirs=("${run_dirs[@]}")                                          # real-only runs of the same out=
+[ "$synthetic" = true ] && mapfile -t scratch_dirs < <(layout scratch | fold_dirs)
+runs_dir=$(dirname "${run_dirs[0]}") scratch_runs=$(dirname "${scratch_dirs[0]}")
 report_dir="$out/report/$model-$tag"
 [ -n "$folds" ] || folds=$(seq -s, 0 $((k - 1)))
 IFS=, read -r -a fold_list <<< "$folds"
@@ -82,7 +93,7 @@ for fold in "${fold_list[@]}"; do
   else
     pretrain="pretrain.shards=null"
   fi
-  run_dir="$runs_dir/fold$fold"
+  run_dir=${run_dirs[$fold]}
   if [ -f "$run_dir/summary.json" ]; then
     progress "$label" "classifier" "done"
   else
@@ -101,22 +112,23 @@ report_runs=("$runs_dir")
 python capsule_classifier/report.py "${report_runs[@]}" --out "$report_dir"
 done_stages=$((done_stages + 1)) ran_stages=$((ran_stages + 1))
 
-best=$(python - "$runs_dir" "${fold_list[@]}" <<'PY'
+best=$(python - "${fold_list[@]}" <<PY
 import json, sys
 from pathlib import Path
-root, folds = Path(sys.argv[1]), sys.argv[2:]
-score = {f: json.loads((root / f"fold{f}" / "summary.json").read_text())["val"]["macro_f1"] for f in folds}
+run_dirs = """$(printf '%s\n' "${run_dirs[@]}")""".split()
+folds = {f: run_dirs[int(f)] for f in sys.argv[1:]}
+score = {f: json.loads((Path(d) / "summary.json").read_text())["val"]["macro_f1"] for f, d in folds.items()}
 print(max(folds, key=lambda f: (score[f], -int(f))))
 PY
 )
 progress "fold $((best + 1))/$k" "export (best val F1)" "running"
-python capsule_classifier/export.py "$runs_dir/fold$best/model.pt" --out "$report_dir/model.onnx"
+python capsule_classifier/export.py "${run_dirs[$best]}/model.pt" --out "$report_dir/model.onnx"
 done_stages=$((done_stages + 1))
 # Class consistency of each fold's shards, judged by the same fold's real-data-only classifier when it exists
 # (a synthetic=false run with the same out=): the share of synthetic slices it assigns to their intended class.
 if [ "$synthetic" = true ]; then
   for fold in "${fold_list[@]}"; do
-    scratch="$scratch_runs/fold$fold"
+    scratch=${scratch_dirs[$fold]}
     [ -f "$scratch/summary.json" ] || continue
     [ -f "$scratch/model.onnx" ] || python capsule_classifier/export.py "$scratch/model.pt" --out "$scratch/model.onnx" >/dev/null
     python -m generative_model.consistency "$out/shards/fold$fold" "$scratch/model.onnx" >/dev/null
