@@ -93,3 +93,27 @@ class SliceSet:
         return SliceSet(self.images[index], self.masks[index], self.labels[index], self.file_ids[index],
                         self.subjects[index], self.planes[index], self.cvind[index], self.source,
                         self.fingerprint, self.skipped)
+
+
+MAX_IMAGE_SIDE = 8192
+"""Largest image side (px) any reader accepts; larger declared sizes are refused before anything is allocated."""
+MAX_BYTES_ENV = "BRAIN_TUMOUR_MAX_BYTES"
+DEFAULT_MAX_BYTES = 2 * 1024**3
+
+
+def max_array_bytes() -> int:
+    """Largest array (a decoded image, a resampled volume, a shard set) any reader allocates, in bytes:
+    ``$BRAIN_TUMOUR_MAX_BYTES`` or 2 GiB."""
+    value = os.environ.get(MAX_BYTES_ENV, "").strip()
+    if not value:
+        return DEFAULT_MAX_BYTES
+    if not (value.isascii() and value.isdecimal()) or int(value) < 1:
+        raise DataError(f"${MAX_BYTES_ENV} must be a positive number of bytes, got {value!r}")
+    return int(value)
+
+
+def check_allocation(nbytes: int, what: str) -> None:
+    """Refuse an allocation above :func:`max_array_bytes` with a :class:`DataError` that says ``what`` asked."""
+    if nbytes > max_array_bytes():
+        raise DataError(f"{what} would need {nbytes:,} bytes, over the {max_array_bytes():,}-byte limit "
+                        f"(raise ${MAX_BYTES_ENV} if this input is genuine)")

@@ -6,6 +6,7 @@ round trip (the foundation step of ``scripts/demo.sh``).
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import hydra
@@ -17,6 +18,7 @@ from datasets.core import CLASS_NAMES, SliceSet
 from datasets.shards import read_shards, write_shards
 from datasets.slices import class_counts_table
 from datasets.splits import PARTS, fold_indices, load_data, load_or_make_folds
+from experiment.config import rename_legacy_overrides
 
 log = logging.getLogger(__name__)
 data_config.register()
@@ -63,4 +65,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    sys.argv = [sys.argv[0], *rename_legacy_overrides(sys.argv[1:])]
     main()

@@ -9,6 +9,10 @@ Each slice file holds one struct ``cjdata`` with fields ``label`` (1 meningioma,
 * HDF5 stores MATLAB's column-major arrays with their axes reversed, so h5py yields the
   transpose of what MATLAB shows; every array is transposed back here.
 * char arrays are uint16 character codes marked ``MATLAB_class = "char"``; they are decoded to str.
+
+Nothing in a file may make the reader look elsewhere or allocate without bound: HDF5 links (soft, external),
+external raw storage and virtual datasets are refused, and every dataset's declared shape is checked against
+:data:`datasets.core.MAX_IMAGE_SIDE` and the allocation limit before it is read.
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ import h5py
 import numpy as np
 import scipy.io
 
-from datasets.core import DataError, SliceRecord
+from datasets.core import MAX_IMAGE_SIDE, DataError, SliceRecord, check_allocation
 from experiment.progress import progress
 
 STRUCT = "cjdata"
@@ -93,7 +97,7 @@ def scan_mat_folder(folder: str | os.PathLike, strict: bool = True,
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder} is not a folder of figshare .mat files")
-    paths = sorted((p for p in folder.iterdir() if p.suffix.lower() == ".mat" and p.name != CVIND_FILE),
+    paths = sorted((p for p in folder.iterdir() if p.suffix.lower() == ".mat" and p.name.lower() != CVIND_FILE),
                    key=_sort_key)
     if not paths:
         raise DataError(f"{folder} holds no figshare .mat slice files (<index>.mat)")
@@ -151,14 +155,32 @@ def _read_hdf5(path: Path, name: str) -> dict[str, MatValue] | MatValue:
     with h5py.File(path, "r") as handle:
         if name not in handle:
             raise MatFileError(path, f"no variable {name!r} (file holds {sorted(handle.keys())})")
-        node = handle[name]
+        node = _local_node(path, handle, name)
         if isinstance(node, h5py.Group):
-            return {key: _hdf5_value(child) for key, child in node.items() if isinstance(child, h5py.Dataset)}
-        return _hdf5_value(node)
+            children = {key: _local_node(path, node, key) for key in node}
+            return {key: _hdf5_value(path, child) for key, child in children.items()
+                    if isinstance(child, h5py.Dataset)}
+        return _hdf5_value(path, node)
 
 
-def _hdf5_value(dataset: h5py.Dataset) -> MatValue:
-    """A dataset as MATLAB sees it: axes reversed back, chars decoded, empties empty."""
+def _local_node(path: Path, parent: h5py.Group, name: str) -> h5py.Group | h5py.Dataset:
+    """``parent[name]`` when it is a plain object of this file; links that lead elsewhere are refused."""
+    link = parent.get(name, getlink=True)
+    if not isinstance(link, h5py.HardLink):
+        raise MatFileError(path, f"{name!r} is a {type(link).__name__}; links to other objects or files are "
+                                 "not read")
+    return parent[name]
+
+
+def _hdf5_value(path: Path, dataset: h5py.Dataset) -> MatValue:
+    """A dataset as MATLAB sees it: axes reversed back, chars decoded, empties empty; its storage and declared
+    size are checked before anything is read."""
+    if dataset.is_virtual or dataset.external:
+        raise MatFileError(path, f"{dataset.name!r} keeps its data outside this file (external or virtual "
+                                 "storage); refused")
+    if any(side > MAX_IMAGE_SIDE for side in dataset.shape):
+        raise MatFileError(path, f"{dataset.name!r} declares shape {dataset.shape}, over {MAX_IMAGE_SIDE} a side")
+    check_allocation(int(np.prod(dataset.shape, dtype=np.int64)) * dataset.dtype.itemsize, f"{path}: {dataset.name!r}")
     if dataset.attrs.get("MATLAB_empty", 0):
         return np.zeros((0,), dtype=dataset.dtype)  # MATLAB stores an empty array's shape as its data
     value = np.asarray(dataset[()]).T
@@ -229,13 +251,17 @@ def _label(path: Path, value: MatValue) -> int:
 
 
 def _file_id(path: Path) -> int:
-    if not path.stem.isdigit():
-        raise MatFileError(path, "file name is not <index>.mat with a positive integer index")
+    if not _is_index(path.stem):
+        raise MatFileError(path, "file name is not <index>.mat with a positive integer index (1, 2, ...)")
     return int(path.stem)
 
 
+def _is_index(stem: str) -> bool:
+    return stem.isascii() and stem.isdecimal() and int(stem) >= 1
+
+
 def _sort_key(path: Path) -> tuple[int, int, str]:
-    return (0, int(path.stem), path.name) if path.stem.isdigit() else (1, 0, path.name)
+    return (0, int(path.stem), path.name) if _is_index(path.stem) else (1, 0, path.name)
 
 
 def _check_unique_ids(folder: Path, records: list[SliceRecord]) -> None:

@@ -6,8 +6,11 @@ provenance of the writer, written first) and ``manifest.json`` (written last: ev
 SHA-256, image count and per-class counts, plus image size and provenance). Every file is written
 atomically, so a shard that exists is complete and a folder without a manifest is unfinished.
 
-Reading goes through :class:`RestrictedUnpickler`, which resolves only the numpy globals needed to
-rebuild arrays; any other global (``os.system``, ``builtins.eval``, ...) is refused before it runs.
+Reading trusts nothing in the folder: the manifest is checked against a schema (shard names are plain file
+names inside the folder, counts and sizes add up, the declared size fits the allocation limit), a shard's size
+is checked before it is read and its SHA-256 before it is unpickled, and unpickling goes through
+:class:`RestrictedUnpickler`, which resolves only the numpy globals needed to rebuild arrays; any other global
+(``os.system``, ``builtins.eval``, ...) is refused before it runs.
 """
 from __future__ import annotations
 
@@ -18,13 +21,12 @@ import os
 import pickle
 import re
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from datasets.figshare import CLASS_NAMES
+from datasets.core import CLASS_NAMES, MAX_IMAGE_SIDE, DataError, check_allocation
 from experiment.atomic import atomic_write_bytes, atomic_write_json
 
 MANIFEST = "manifest.json"
@@ -32,6 +34,9 @@ WRITER = "writer.json"
 FORMAT = "brain-tumour-shards"
 VERSION = 1
 _SHARD = re.compile(r"^shard-(\d{5})\.pkl$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_BYTES_PER_IMAGE_OVERHEAD = 256  # label, per-image meta and pickle framing, generously
+_SHARD_OVERHEAD = 1 << 20
 
 _ALLOWED_GLOBALS = {
     ("numpy", "dtype"),
@@ -45,7 +50,7 @@ _ALLOWED_GLOBALS = {
 }
 
 
-class ShardError(ValueError):
+class ShardError(DataError):
     """A shard folder or file is unusable; the message names it."""
 
 
@@ -139,12 +144,12 @@ class ShardWriter:
             if not path.is_file():
                 raise ShardError(f"cannot finalise {self.folder}: {path.name} is missing")
             data = path.read_bytes()
-            shard = safe_loads(data)
-            counts = np.bincount(shard["labels"], minlength=len(class_names))
+            shard_images, shard_labels = _load_shard(data, path)
+            counts = np.bincount(shard_labels, minlength=len(class_names))
             totals += counts
-            sizes.add(tuple(shard["images"].shape[1:]))
+            sizes.add(tuple(shard_images.shape[1:]))
             entries.append({"file": path.name, "sha256": _sha256(data),
-                            "count": int(shard["labels"].shape[0]), "class_counts": counts.tolist()})
+                            "count": int(shard_labels.shape[0]), "class_counts": counts.tolist()})
         if len(sizes) != 1:
             raise ShardError(f"{self.folder}: shards have different image sizes {sorted(sizes)}")
         height, width = sizes.pop()
@@ -178,72 +183,129 @@ def write_shards(folder: str | os.PathLike, images: np.ndarray, labels: np.ndarr
 
 
 def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
-    """The manifest of a finished shard set."""
-    path = Path(folder) / MANIFEST
+    """The manifest of a finished shard set, checked against the schema (see :func:`check_manifest`)."""
+    path = _member(Path(folder), MANIFEST)
     if not path.is_file():
         raise ShardError(f"{folder} has no {MANIFEST}: not a shard folder, or its writer did not finish")
+    if path.stat().st_size > _SHARD_OVERHEAD * 64:
+        raise ShardError(f"{path} is {path.stat().st_size} bytes, too large for a shard manifest")
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ShardError(f"{path} is not valid JSON: {error}") from error
-    if manifest.get("format") != FORMAT:
-        raise ShardError(f"{path} is not a {FORMAT} manifest")
+    check_manifest(manifest, path)
     return manifest
+
+
+def check_manifest(manifest: Any, path: Path) -> None:
+    """Raise :class:`ShardError` naming ``path`` unless ``manifest`` is a well-formed, self-consistent manifest
+    whose images fit the allocation limit."""
+    def need(ok: bool, problem: str) -> None:
+        if not ok:
+            raise ShardError(f"{path}: {problem}")
+
+    need(isinstance(manifest, dict) and manifest.get("format") == FORMAT, f"not a {FORMAT} manifest")
+    need(manifest.get("version") == VERSION, f"version {manifest.get('version')!r} is not {VERSION}")
+    size, names, counts = manifest.get("image_size"), manifest.get("class_names"), manifest.get("class_counts")
+    need(isinstance(size, list) and len(size) == 2 and all(_count(v) and 0 < v <= MAX_IMAGE_SIDE for v in size),
+         f"image_size must be [height, width] in 1..{MAX_IMAGE_SIDE}, got {size!r}")
+    need(isinstance(names, list) and names and all(isinstance(n, str) for n in names), "class_names must be a list "
+         "of names")
+    need(_counts(counts, len(names)), f"class_counts must be {len(names)} non-negative integers, got {counts!r}")
+    need(_count(manifest.get("num_images")) and manifest["num_images"] == sum(counts),
+         f"num_images {manifest.get('num_images')!r} is not the sum of class_counts {counts}")
+    need(isinstance(manifest.get("provenance", {}), dict), "provenance must be an object")
+    shards = manifest.get("shards")
+    need(isinstance(shards, list) and len(shards) > 0, "lists no shards")
+    files = set()
+    for entry in shards:
+        need(isinstance(entry, dict) and isinstance(entry.get("file"), str) and _SHARD.match(entry["file"]),
+             f"shard entry {entry!r} does not name a shard-NNNNN.pkl file in the folder")
+        need(entry["file"] not in files, f"shard {entry['file']} is listed twice")
+        files.add(entry["file"])
+        need(isinstance(entry.get("sha256"), str) and _SHA256.match(entry["sha256"]),
+             f"shard {entry['file']}: sha256 is not 64 hex digits")
+        need(_count(entry.get("count")) and entry["count"] > 0 and _counts(entry.get("class_counts"), len(names))
+             and sum(entry["class_counts"]) == entry["count"],
+             f"shard {entry['file']}: count and class_counts do not agree")
+    need([sum(e["class_counts"][c] for e in shards) for c in range(len(names))] == counts,
+         "the shards' class_counts do not add up to the manifest's")
+    check_allocation(manifest["num_images"] * size[0] * size[1], f"shard set {path.parent}")
 
 
 def read_shards(folder: str | os.PathLike, verify: bool = True) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Load every shard of a finished set: ``(images uint8 N x H x W, labels int64 N, manifest)``.
 
-    The shards' SHA-256 digests are computed on worker threads (hashlib releases the GIL; one per core,
-    at most 4) while the main thread unpickles each file straight into arrays and copies them into a
-    preallocated output; a shard is accepted only once its digest matches.
+    Each shard is size-checked before it is read and (with ``verify``) checksummed before it is unpickled;
+    its content must match its manifest entry.
 
     Raises:
-        ShardError: missing manifest or shard, checksum mismatch (naming the shard), bad content.
+        ShardError: bad manifest, missing, oversized or corrupt shard, checksum mismatch (naming the shard).
         UnsafePickleError: a shard references a global outside the allow-list.
     """
     folder = Path(folder)
     manifest = read_manifest(folder)
-    if not manifest["shards"]:
-        raise ShardError(f"{folder} lists no shards")
     height, width = manifest["image_size"]
     images = np.empty((manifest["num_images"], height, width), dtype=np.uint8)
     labels = np.empty(manifest["num_images"], dtype=np.int64)
-    paths = [folder / entry["file"] for entry in manifest["shards"]]
-    for path in paths:
-        if not path.is_file():
-            raise ShardError(f"shard {path} listed in the manifest is missing")
     start = 0
-    with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as hasher:
-        digests = [hasher.submit(file_sha256, path) if verify else None for path in paths]
-        for entry, path, digest in zip(manifest["shards"], paths, digests, strict=True):
-            try:
-                with open(path, "rb") as handle:
-                    shard, failure = RestrictedUnpickler(handle).load(), None
-            except UnsafePickleError:
-                raise
-            except Exception as error:  # a corrupt stream raises many types; the checksum names it below
-                shard, failure = None, error
-            if digest is not None and digest.result() != entry["sha256"]:
-                raise ShardError(f"shard {path} fails its SHA-256 checksum: corrupt or modified")
-            if failure is not None:
-                raise ShardError(f"shard {path} is not a readable pickle: {failure}") from failure
-            if not isinstance(shard, dict) or "images" not in shard or "labels" not in shard:
-                raise ShardError(f"shard {path} does not hold an images/labels dict")
-            shard_images, shard_labels = _validate(shard["images"], shard["labels"], str(path))
-            stop = start + shard_labels.shape[0]
-            if shard_images.shape[1:] != (height, width) or stop > labels.shape[0]:
-                raise ShardError(f"shard {path} does not match its manifest (size or image count)")
-            images[start:stop] = shard_images
-            labels[start:stop] = shard_labels
-            start = stop
-    if start != labels.shape[0]:
-        raise ShardError(f"{folder}: shards hold {start} images, the manifest says {labels.shape[0]}")
+    for entry in manifest["shards"]:
+        path = _member(folder, entry["file"])
+        data = _read_bounded(path, entry["count"] * (height * width + _BYTES_PER_IMAGE_OVERHEAD) + _SHARD_OVERHEAD)
+        if verify and _sha256(data) != entry["sha256"]:
+            raise ShardError(f"shard {path} fails its SHA-256 checksum: corrupt or modified")
+        shard_images, shard_labels = _load_shard(data, path)
+        stop = start + entry["count"]
+        if shard_images.shape != (entry["count"], height, width) or \
+                np.bincount(shard_labels, minlength=len(entry["class_counts"])).tolist() != entry["class_counts"]:
+            raise ShardError(f"shard {path} does not match its manifest entry (image size, count or classes)")
+        images[start:stop] = shard_images
+        labels[start:stop] = shard_labels
+        start = stop
     return images, labels, manifest
+
+
+def _member(folder: Path, name: str) -> Path:
+    """``folder / name``, refusing a symlink that leads out of the folder."""
+    path = folder / name
+    if path.is_symlink() and path.resolve().parent != folder.resolve():
+        raise ShardError(f"{path} is a symlink leading out of its shard folder; refused")
+    return path
+
+
+def _read_bounded(path: Path, limit: int) -> bytes:
+    if not path.is_file():
+        raise ShardError(f"shard {path} listed in the manifest is missing")
+    size = path.stat().st_size
+    if size > limit:
+        raise ShardError(f"shard {path} is {size} bytes, more than its manifest entry allows ({limit})")
+    return path.read_bytes()
+
+
+def _load_shard(data: bytes, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Unpickle a checksummed shard and check its types before touching its arrays."""
+    try:
+        shard = safe_loads(data)
+    except UnsafePickleError:
+        raise
+    except Exception as error:  # a corrupt stream raises many types
+        raise ShardError(f"shard {path} is not a readable pickle: {type(error).__name__}: {error}") from error
+    if not isinstance(shard, dict) or not isinstance(shard.get("images"), np.ndarray) \
+            or not isinstance(shard.get("labels"), np.ndarray) or not isinstance(shard.get("meta", {}), dict):
+        raise ShardError(f"shard {path} does not hold a dict of numpy arrays 'images', 'labels' and 'meta'")
+    return _validate(shard["images"], shard["labels"], f"shard {path}")
 
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _counts(value: Any, length: int) -> bool:
+    return isinstance(value, list) and len(value) == length and all(_count(v) for v in value)
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -261,7 +323,7 @@ def _validate(images: np.ndarray, labels: np.ndarray, where: str = "shard") -> t
     labels = np.asarray(labels)
     if images.dtype != np.uint8 or images.ndim != 3:
         raise ShardError(f"{where}: images must be uint8 N x H x W, got {images.dtype} {images.shape}")
-    if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
+    if labels.ndim != 1 or labels.shape[0] != images.shape[0] or labels.dtype.kind not in "iu":
         raise ShardError(f"{where}: {labels.shape} labels for {images.shape[0]} images")
     if labels.size and (labels.min() < 0 or labels.max() >= len(CLASS_NAMES)):
         raise ShardError(f"{where}: labels must be class indices 0..{len(CLASS_NAMES) - 1}")

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from datasets.core import EMBEDDED_VOLUMES, DataError
+from datasets.core import EMBEDDED_VOLUMES, DataError, check_allocation
 from experiment.atomic import atomic_open
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,8 @@ _TIMEPOINT = re.compile(r"_\d+$")
 # Heuristics for warnings (see _content_warnings).
 _MAX_STRIPPED_FRACTION = 0.35  # foreground share of the field of view above this: skull and background noise kept
 _MAX_WIDTH_TO_LENGTH = 1.1  # a brain wider (left-right) than long (front-back) suggests swapped axes
+VOXEL_MM_RANGE = (0.05, 20.0)
+"""Voxel sizes (mm) a header may declare; outside it a file is refused before any voxel is read."""
 
 Hook = Callable[[nib.Nifti1Image, Path], nib.Nifti1Image]
 
@@ -240,10 +242,11 @@ def _scan_csv(root: Path, skipped: list[tuple[str, str]]) -> list[VolumeRecord]:
 
 
 def read_header(path: str | os.PathLike) -> nib.Nifti1Image:
-    """Open a NIfTI file (header only) and check that it holds one 3-D volume.
+    """Open a NIfTI file (header only) and check that it holds one 3-D volume with a usable geometry.
 
     Raises:
-        VolumeError: not a NIfTI file, or not 3-D (a trailing axis of length 1 is accepted).
+        VolumeError: not a NIfTI file, not 3-D (a trailing axis of length 1 is accepted), a non-finite or
+            singular affine, voxel sizes outside :data:`VOXEL_MM_RANGE`, or more voxels than the allocation limit.
     """
     path = Path(path)
     if not _NIFTI.search(path.name):
@@ -257,7 +260,25 @@ def read_header(path: str | os.PathLike) -> nib.Nifti1Image:
     shape = image.shape
     if len(shape) != 3 and not (len(shape) > 3 and all(s == 1 for s in shape[3:])):
         raise VolumeError(f"{path}: expected a 3-D volume, got shape {shape} ({len(shape)}-D)")
+    affine = image.affine
+    zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    if not np.isfinite(affine).all():
+        raise VolumeError(f"{path}: the affine is not finite; no usable geometry")
+    low, high = VOXEL_MM_RANGE
+    if zooms.min() < low or zooms.max() > high:
+        raise VolumeError(f"{path}: voxel size {np.round(zooms, 6).tolist()} mm is outside {low}-{high} mm")
+    if abs(np.linalg.det(affine[:3, :3])) < 1e-6 * np.prod(zooms):
+        raise VolumeError(f"{path}: the affine is not invertible (its voxel axes are parallel); no usable geometry")
+    _check_voxels(path, shape[:3], "reading")
     return image
+
+
+def _check_voxels(path: Path | str, shape: Sequence[int], step: str) -> None:
+    """Refuse a float32 grid of ``shape`` over the allocation limit, as a :class:`VolumeError`."""
+    try:
+        check_allocation(int(np.prod(shape, dtype=np.int64)) * 4, f"{path}: {step} {tuple(shape)} voxels")
+    except DataError as error:
+        raise VolumeError(str(error)) from error
 
 
 # ----------------------------------------------------------------------------------------------- preprocessing
@@ -287,6 +308,7 @@ def preprocess(image: nib.Nifti1Image, spec: VolumeSpec, name: str) -> Volume:
     """Canonicalise, resample, crop/pad and z-score one NIfTI image (``name`` is used in messages)."""
     warnings = _orientation_warnings(image, name)
     image = nib.as_closest_canonical(image)
+    _check_voxels(name, resampled_grid(image.shape[:3], image.affine, spec.spacing)[1], "resampling to")
     data = np.asarray(image.dataobj, dtype=np.float32).reshape(image.shape[:3])
     if not np.isfinite(data).all():
         raise VolumeError(f"{name}: {int((~np.isfinite(data)).sum())} voxels are NaN or infinite")
@@ -309,9 +331,7 @@ def resample(data: np.ndarray, mask: np.ndarray, affine: np.ndarray,
     The new grid starts at the first voxel centre, so voxel ``j`` lies at old index ``j * spacing / zoom``;
     the returned affine maps the new voxels to the same world coordinates.
     """
-    zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
-    step = np.asarray(spacing, dtype=np.float64) / zooms
-    shape = tuple(int(n) for n in np.floor((np.asarray(data.shape) - 1) / step + 1e-6) + 1)
+    step, shape = resampled_grid(data.shape, affine, spacing)
     sigma = np.maximum(0.0, (step - 1.0) / 2.0)
     smoothed = ndimage.gaussian_filter(data, sigma) if sigma.any() else data
     out = ndimage.affine_transform(smoothed, step, output_shape=shape, order=1, mode="nearest")
@@ -320,6 +340,14 @@ def resample(data: np.ndarray, mask: np.ndarray, affine: np.ndarray,
     new_affine = affine.copy()
     new_affine[:3, :3] = affine[:3, :3] * step
     return out.astype(np.float32), out_mask, new_affine
+
+
+def resampled_grid(shape: Sequence[int], affine: np.ndarray,
+                   spacing: Sequence[float]) -> tuple[np.ndarray, tuple[int, ...]]:
+    """The index step (old voxels per new voxel) and the shape of ``shape`` resampled to ``spacing`` mm."""
+    zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    step = np.asarray(spacing, dtype=np.float64) / zooms
+    return step, tuple(int(n) for n in np.floor((np.asarray(shape) - 1) / step + 1e-6) + 1)
 
 
 def zscore(data: np.ndarray, mask: np.ndarray) -> np.ndarray:

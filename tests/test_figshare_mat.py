@@ -10,11 +10,19 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from matfiles import make_records, slice_fields, write_cvind, write_mat_folder, write_mat_v5, write_mat_v73, write_slice
 from scipy.io.matlab import matfile_version
 
 import datasets.slices as slices
 from datasets.core import DataError, SliceRecord
+from datasets.fixtures import (
+    make_records,
+    slice_fields,
+    write_cvind,
+    write_mat_folder,
+    write_mat_v5,
+    write_mat_v73,
+    write_slice,
+)
 from datasets.matlab import FIELDS, MatFileError, read_cvind, read_mat_slice, scan_mat_folder
 from datasets.slices import load_slices
 
@@ -356,3 +364,68 @@ def test_changed_source_file_makes_the_cache_stale(tmp_path: Path, monkeypatch: 
     os.utime(tmp_path / "mat" / "cvind.mat", ns=(stat.st_atime_ns, stat.st_mtime_ns + 2 * 10**9))
     load_slices(tmp_path / "mat", image_size=32, cache_dir=tmp_path / "cache")
     assert scan.calls == 2
+
+
+# --- hostile files: nothing outside the file is read, nothing unbounded is allocated ------------------------
+
+def _hostile_v73(path: Path, tmp_path: Path, kind: str) -> None:
+    """A valid v7.3 slice whose ``image`` field is replaced by a link, external storage or a huge declaration."""
+    write_slice(path, _record())
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(np.arange(64, dtype=np.int16).tobytes())
+    with h5py.File(path, "a") as handle:
+        struct = handle["cjdata"]
+        attrs = dict(struct["image"].attrs)
+        del struct["image"]
+        if kind == "external link":
+            other = tmp_path / "other.h5"
+            with h5py.File(other, "w") as target:
+                target["image"] = np.zeros((8, 8), np.int16)
+            struct["image"] = h5py.ExternalLink(str(other), "image")
+            return
+        if kind == "soft link":
+            struct["image"] = h5py.SoftLink("/cjdata/tumorMask")
+            return
+        if kind == "external storage":
+            image = struct.create_dataset("image", shape=(8, 8), dtype=np.int16, external=[(str(secret), 0, 128)])
+        else:  # a 20000 x 20000 deflate-compressed image whose chunks were never written: a few KB on disk
+            image = struct.create_dataset("image", shape=(20000, 20000), dtype=np.int16, chunks=(256, 256),
+                                          compression="gzip")
+        image.attrs.update(attrs)
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("external link", "'image' is a ExternalLink; links to other objects or files are not read"),
+    ("soft link", "'image' is a SoftLink"),
+    ("external storage", "keeps its data outside this file"),
+    ("huge declared image", r"declares shape \(20000, 20000\), over 8192 a side"),
+])
+def test_hostile_hdf5_is_refused_without_reading_elsewhere(tmp_path: Path, kind: str, message: str) -> None:
+    path = tmp_path / "5.mat"
+    _hostile_v73(path, tmp_path, kind)
+    assert path.stat().st_size < 200_000
+    with pytest.raises(MatFileError, match=f"{re.escape(str(path))}: .*{message}"):
+        read_mat_slice(path)
+
+
+@pytest.mark.parametrize("name", ["0.mat", "٣.mat", "².mat", "-1.mat"])
+def test_names_that_are_not_positive_ascii_indices(tmp_path: Path, name: str) -> None:
+    write_slice(tmp_path / "1.mat", _record())
+    write_slice(tmp_path / name, _record())
+    write_cvind(tmp_path / "cvind.mat", np.array([1, 2, 3]))
+    with pytest.raises(MatFileError, match="positive integer index"):
+        scan_mat_folder(tmp_path, show_progress=False)
+    records, skipped = scan_mat_folder(tmp_path, strict=False, show_progress=False)
+    assert [r.file_id for r in records] == [1] and [s[0] for s in skipped] == [name]
+
+
+def test_upper_case_extension_is_read_and_keyed(tmp_path: Path) -> None:
+    (tmp_path / "mat").mkdir()
+    write_slice(tmp_path / "mat" / "1.mat", _record(label=1))
+    write_slice(tmp_path / "mat" / "2.MAT", _record(label=2))
+    first = load_slices(tmp_path / "mat", image_size=32, cache_dir=tmp_path / "cache")
+    assert first.labels.tolist() == [0, 1]
+    replaced = write_slice(tmp_path / "mat" / "2.MAT", _record(label=3))
+    os.utime(replaced, ns=(replaced.stat().st_mtime_ns + 10**9,) * 2)
+    second = load_slices(tmp_path / "mat", image_size=32, cache_dir=tmp_path / "cache")
+    assert second.labels.tolist() == [0, 2]

@@ -1,14 +1,17 @@
 """Pickle shards: round trip, atomic resume, checksums, provenance and the restricted unpickler."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from datasets.core import DataError
 from datasets.shards import (
     MANIFEST,
     ShardError,
@@ -140,3 +143,88 @@ def test_manifest_is_plain_json(tmp_path: Path) -> None:
     images, labels = _arrays(3)
     write_shards(tmp_path, images, labels)
     assert json.loads((tmp_path / MANIFEST).read_text())["format"] == "brain-tumour-shards"
+
+
+def _edit_manifest(folder: Path, edit) -> Path:
+    path = folder / MANIFEST
+    manifest = json.loads(path.read_text())
+    edit(manifest)
+    path.write_text(json.dumps(manifest))
+    return path
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m["shards"][0].update(file="../../outside.pkl"), "does not name a shard-NNNNN.pkl file"),
+    (lambda m: m["shards"][0].update(file="/etc/passwd"), "does not name a shard-NNNNN.pkl file"),
+    (lambda m: m.pop("num_images"), "num_images None is not the sum"),
+    (lambda m: m["shards"][0].pop("sha256"), "sha256 is not 64 hex digits"),
+    (lambda m: m.update(class_counts=[25, 1, 1], num_images=27), "do not add up"),
+    (lambda m: m["shards"][0].update(class_counts=[10, 1, 0]), "count and class_counts do not agree"),
+    (lambda m: m.update(image_size=[100000, 100000]), "image_size must be"),
+    (lambda m: m["shards"].append(dict(m["shards"][0])), "listed twice"),
+    (lambda m: m.update(format="other"), "not a brain-tumour-shards manifest"),
+])
+def test_manifest_schema_is_enforced(tmp_path: Path, edit, message: str) -> None:
+    images, labels = _arrays()
+    write_shards(tmp_path, images, labels, shard_size=10)
+    path = _edit_manifest(tmp_path, edit)
+    with pytest.raises(ShardError, match=f"{path}: .*{message}"):
+        read_shards(tmp_path)
+
+
+def test_declared_size_over_the_allocation_limit_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    images, labels = _arrays()
+    write_shards(tmp_path, images, labels, shard_size=10)
+    monkeypatch.setenv("BRAIN_TUMOUR_MAX_BYTES", str(16 * 16 * 24))
+    with pytest.raises(DataError, match=f"shard set {re.escape(str(tmp_path))} would need 6,400 bytes, over the"):
+        read_shards(tmp_path)
+
+
+def test_symlink_leading_out_of_the_folder_is_not_followed(tmp_path: Path) -> None:
+    images, labels = _arrays()
+    write_shards(tmp_path / "set", images, labels, shard_size=10)
+    write_shards(tmp_path / "other", images, labels, shard_size=10)
+    shard = tmp_path / "set" / shard_name(0)
+    shard.unlink()
+    shard.symlink_to(tmp_path / "other" / shard_name(0))
+    with pytest.raises(ShardError, match="symlink leading out of its shard folder"):
+        read_shards(tmp_path / "set")
+
+
+def test_checksum_is_compared_before_unpickling(tmp_path: Path) -> None:
+    images, labels = _arrays(5)
+    write_shards(tmp_path, images, labels, shard_size=5)
+    target = tmp_path / "pwned.txt"
+    (tmp_path / shard_name(0)).write_bytes(pickle.dumps({"images": images, "labels": labels,
+                                                         "meta": {"x": _CreatesFile(str(target))}}))
+    with pytest.raises(ShardError, match="fails its SHA-256 checksum"):
+        read_shards(tmp_path)
+    assert not target.exists()
+
+
+def _nested_list_bomb(depth: int = 40) -> bytes:
+    """A tiny pickle of lists sharing one list at every level: 2**depth leaves once traversed."""
+    inner: list = [0, 0]
+    for _ in range(depth):
+        inner = [inner, inner]
+    return pickle.dumps({"images": inner, "labels": inner, "meta": {}})
+
+
+def test_a_tiny_shard_of_shared_lists_is_refused_at_once(tmp_path: Path) -> None:
+    images, labels = _arrays(5)
+    write_shards(tmp_path, images, labels, shard_size=5)
+    bomb = _nested_list_bomb()
+    assert len(bomb) < 1000
+    (tmp_path / shard_name(0)).write_bytes(bomb)
+    _edit_manifest(tmp_path, lambda m: m["shards"][0].update(sha256=hashlib.sha256(bomb).hexdigest()))
+    with pytest.raises(ShardError, match="does not hold a dict of numpy arrays"):
+        read_shards(tmp_path)
+
+
+def test_oversized_shard_file_is_refused_before_reading(tmp_path: Path) -> None:
+    images, labels = _arrays(5)
+    write_shards(tmp_path, images, labels, shard_size=5)
+    with open(tmp_path / shard_name(0), "ab") as handle:
+        handle.truncate(10 * 2**20)
+    with pytest.raises(ShardError, match="more than its manifest entry allows"):
+        read_shards(tmp_path)

@@ -2,7 +2,9 @@
 bad input, subject-grouped splits, the cache, the hook and the torch dataset."""
 from __future__ import annotations
 
+import gzip
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -118,12 +120,39 @@ def _break_one(root: Path, problem: str) -> Path:
         data = brain((8, 8, 8), "healthy", 0)
         data[2, 2, 2] = np.nan
         write_nifti(ixi, data)
+    elif problem in ("pixdim 1e-6", "pixdim 1000"):
+        write_nifti(ixi, brain((8, 8, 8), "healthy", 0), np.diag([float(problem.split()[1])] * 3 + [1.0]))
+    elif problem == "NaN affine":  # nibabel refuses to write one, so the header fields are set by hand
+        data = brain((8, 8, 8), "healthy", 0)
+        header = _raw_header(data.shape)
+        header["sform_code"], header["qform_code"] = 1, 0
+        header["srow_y"] = [0.0, np.nan, 0.0, 0.0]
+        _write_raw(ixi, header, data.astype(np.float32).tobytes(order="F"))
+    elif problem == "huge grid":  # a header declaring 4000^3 voxels with no data behind it
+        _write_raw(ixi, _raw_header((4000, 4000, 4000)), b"")
     return ixi
+
+
+def _raw_header(shape: tuple[int, ...]) -> nib.Nifti1Header:
+    header = nib.Nifti1Header()
+    header.set_data_shape(shape)
+    header.set_data_dtype(np.float32)
+    header.set_qform(np.eye(4), code=1)
+    return header
+
+
+def _write_raw(path: Path, header: nib.Nifti1Header, data: bytes) -> None:
+    """A .nii.gz of ``header`` and ``data`` exactly as given (no checks by nibabel's writer)."""
+    header["vox_offset"] = 352
+    with gzip.open(path, "wb") as handle:
+        handle.write(header.binaryblock + b"\0" * 4 + data)
 
 
 PROBLEMS = {"missing modality": "missing t1ce file", "unknown label folder": "unknown label folder",
             "not nifti": "not a readable NIfTI", "4-D": "expected a 3-D volume", "empty": "empty volume",
-            "NaN": "NaN or infinite"}
+            "NaN": "NaN or infinite", "pixdim 1e-6": "voxel size .* mm is outside 0.05-20.0 mm",
+            "pixdim 1000": "voxel size .* mm is outside", "NaN affine": "the affine is not finite",
+            "huge grid": r"reading \(4000, 4000, 4000\) voxels would need 256,000,000,000 bytes, over the"}
 
 
 @pytest.mark.parametrize("problem", PROBLEMS)
@@ -136,7 +165,14 @@ def test_bad_input_names_the_file_and_non_strict_skips_it(tmp_path: Path, proble
     scan = prepare_volumes(scan_volumes(root, strict=False), SPEC, tmp_path / "cache", strict=False)
     assert len(scan.records) == (9 if problem == "unknown label folder" else 8)
     assert [path for path, _ in scan.skipped] == [str(bad)]
-    assert PROBLEMS[problem] in scan.skipped[0][1]
+    assert re.search(PROBLEMS[problem], scan.skipped[0][1])
+
+
+def test_resampling_that_would_exceed_the_limit_is_refused(tmp_path: Path) -> None:
+    path = write_nifti(tmp_path / "fine.nii.gz", brain((8, 8, 8), "healthy", 0), np.diag([20.0, 20.0, 20.0, 1.0]))
+    message = r"fine.nii.gz: resampling to \(934, 934, 934\) voxels would need 3,259,122,016 bytes"
+    with pytest.raises(VolumeError, match=message):
+        load_volume(path, VolumeSpec(spacing=(0.15, 0.15, 0.15)))
 
 
 def test_argument_errors(tmp_path: Path) -> None:
