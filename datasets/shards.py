@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from datasets.core import CLASS_NAMES, MAX_IMAGE_SIDE, DataError, check_allocation
-from experiment.atomic import atomic_write_bytes, atomic_write_json
+from experiment.atomic import atomic_write_bytes, atomic_write_json, remove_temporaries
 
 MANIFEST = "manifest.json"
 WRITER = "writer.json"
@@ -93,6 +93,7 @@ class ShardWriter:
         self.folder = Path(folder)
         self.provenance = json.loads(json.dumps(provenance, default=str))
         self.folder.mkdir(parents=True, exist_ok=True)
+        remove_temporaries(self.folder)  # left by a killed shard write; this writer owns the folder now
         writer = self.folder / WRITER
         existing = json.loads(writer.read_text()) if writer.exists() else None
         if existing is None and any(_SHARD.match(p.name) for p in self.folder.iterdir()):

@@ -1,16 +1,34 @@
 """Atomic file writes: write to a temporary file in the same folder, fsync, then ``os.replace``.
 
-A reader never sees a half-written file, even when the writer is killed with SIGKILL.
+A reader never sees a half-written file, even when the writer is killed with SIGKILL; what a killed writer
+leaves is a temporary ``.<name>.<random>.tmp`` file, which :func:`remove_temporaries` clears on resume.
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+TEMP_SUFFIX = ".tmp"
+_TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+"""The name :func:`tempfile.mkstemp` gives :func:`atomic_open`'s temporary files."""
+
+
+def remove_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that killed atomic writes left anywhere under ``folder``; return them.
+
+    Call it only while no atomic write into ``folder`` is running (at the start of a resumed run)."""
+    removed = []
+    for path in sorted(Path(folder).rglob(f"*{TEMP_SUFFIX}")):
+        if _TEMPORARY.match(path.name) and path.is_file() and not path.is_symlink():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 @contextlib.contextmanager
@@ -23,7 +41,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         raise ValueError(f"atomic_open supports 'wb' and 'w', got {mode!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as handle:
             yield handle

@@ -20,6 +20,8 @@ LEGACY_NAMES: dict[str, str] = {
     "epochs": "train.epochs",
     "epochs_decay": "train.epochs_decay",
     "keep_checkpoints": "train.keep_checkpoints",
+    "log_every": "train.log_every",
+    "preview_count": "train.preview_count",
     "optim.batch_size": "train.batch_size",
     "optim.lr": "train.lr",
     "optim.beta1": "train.beta1",

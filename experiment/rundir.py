@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -16,7 +17,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from experiment.atomic import atomic_write_json, atomic_write_text
+from experiment.atomic import atomic_write_json, atomic_write_text, remove_temporaries
+from experiment.distributed import is_main_process
+
+log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -30,7 +34,8 @@ class RunDirConflict(RuntimeError):
 
 
 class RunDir:
-    """A run directory. Opening it repairs a metrics log whose last line a kill cut short."""
+    """A run directory. Opening it (in the main process) repairs a metrics log whose last line a kill cut
+    short and removes the temporary files that killed atomic writes left behind."""
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
@@ -38,7 +43,10 @@ class RunDir:
         self.checkpoints.mkdir(exist_ok=True)
         self._started = time.monotonic()
         self.resumed_elapsed = 0.0
-        self._repair_metrics()
+        if is_main_process():
+            for stale in remove_temporaries(self.path):
+                log.info("removed %s, left by a killed write", stale)
+            self._repair_metrics()
 
     @property
     def checkpoints(self) -> Path:
