@@ -8,7 +8,9 @@ from typing import Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
-from datasets.core import fold_count
+from datasets.core import IMAGE_SIZES, PROTOCOLS, fold_count
+from datasets.figshare import GROUPINGS
+from experiment.errors import ConfigError
 
 
 @dataclass
@@ -44,6 +46,23 @@ class DataConfig(SplitConfig):
     k: int = 7
     subjects: Optional[str] = None
     group_by: str = "subject"
+
+
+def check_data(data: DataConfig) -> None:
+    """Refuse ``data.*`` settings that cannot work, naming the key.
+
+    Raises:
+        ConfigError: an unsupported image size, protocol or grouping, ``k`` outside 2..10, or a validation
+            share outside (0, 0.5).
+    """
+    checks = [("image_size", data.image_size in IMAGE_SIZES, f"one of {IMAGE_SIZES}"),
+              ("split", data.split in PROTOCOLS, f"one of {PROTOCOLS}"),
+              ("group_by", data.group_by in GROUPINGS, f"one of {GROUPINGS}"),
+              ("k", isinstance(data.k, int) and 2 <= data.k <= 10, "an integer in 2..10"),
+              ("val_fraction", 0 < data.val_fraction < 0.5, "in (0, 0.5)")]
+    for key, ok, what in checks:
+        if not ok:
+            raise ConfigError(f"data.{key} must be {what}, got {getattr(data, key)!r}")
 
 
 def split_tag(split: str, k: int) -> str:

@@ -1,6 +1,6 @@
 """The data layer's one vocabulary: record and set types, the error type, class names, where the embedded
-samples and the cache live, and how many folds a protocol has. Every reader and consumer imports these
-from here; this module imports no other module of the project."""
+samples and the cache live, how many folds a protocol has, and the allocation limits every reader applies.
+Every reader and consumer imports these from here; of the project it imports only the error base class."""
 from __future__ import annotations
 
 import os
@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from experiment.errors import ConfigError, UserError
 
 CLASS_NAMES: tuple[str, ...] = ("meningioma", "glioma", "pituitary")
 """2D class index 0..2 (model side) = figshare label 1..3."""
@@ -21,19 +23,22 @@ EMBEDDED_SAMPLE = DATA_DIR / "figshare_sample_128.npz"
 EMBEDDED_VOLUMES = DATA_DIR / "volumes"
 """The 3D sample (``labels.csv`` layout) used when no 3D ``data.root`` is given."""
 
+IMAGE_SIZES = (32, 64, 128, 256)
+"""Slice sizes the 2D entry points support (32 for tests; the networks' depths follow 64/128/256)."""
+
 PROTOCOLS = ("grouped", "cvind")
 """Fold protocols: ``grouped`` (k-fold grouped by patient) and ``cvind`` (the authors' 5 folds)."""
 CVIND_FOLDS = 5
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Bad input data; the message names the file and what is wrong."""
 
 
 def fold_count(split: str, k: int) -> int:
     """How many folds protocol ``split`` has: ``k`` for ``grouped``, always 5 for ``cvind``."""
     if split not in PROTOCOLS:
-        raise ValueError(f"unknown split protocol {split!r}; choose one of {PROTOCOLS}")
+        raise ConfigError(f"unknown split protocol {split!r}; choose one of {PROTOCOLS}")
     return CVIND_FOLDS if split == "cvind" else int(k)
 
 

@@ -23,6 +23,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 from datasets.core import CLASS_NAMES, PROTOCOLS, DataError, SliceSet, fold_count
 from datasets.slices import load_slices
 from experiment.atomic import atomic_write_json
+from experiment.errors import ConfigError
 
 PARTS = ("train", "val", "test")
 
@@ -32,17 +33,17 @@ def make_folds(data: SliceSet, protocol: str = "grouped", k: int = 7, seed: int 
     """Build the fold manifest for ``data``.
 
     Raises:
-        ValueError: unknown protocol, ``k`` outside 2..10, bad ``val_fraction``, or too few patients in a class.
+        ConfigError: unknown protocol, ``k`` outside 2..10, bad ``val_fraction``, or too few patients in a class.
     """
     if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown split protocol {protocol!r}; choose one of {PROTOCOLS}")
+        raise ConfigError(f"unknown split protocol {protocol!r}; choose one of {PROTOCOLS}")
     if not 0.0 < val_fraction < 0.5:
-        raise ValueError(f"val_fraction must be in (0, 0.5), got {val_fraction}")
+        raise ConfigError(f"val_fraction must be in (0, 0.5), got {val_fraction}")
     if protocol == "cvind":
         test_ids = _cvind_test_folds(data)
     else:
         if not 2 <= k <= 10:
-            raise ValueError(f"k must be between 2 and 10, got {k}")
+            raise ConfigError(f"k must be between 2 and 10, got {k}")
         test_ids = _grouped_test_folds(data, k, seed)
     folds = []
     for fold, test_index in enumerate(test_ids):
@@ -119,11 +120,11 @@ def fold_indices(manifest: dict[str, Any], data: SliceSet, fold: int) -> dict[st
     """Indices into ``data`` of the fold's ``train``, ``val`` and ``test`` slices.
 
     Raises:
-        ValueError: ``fold`` outside ``0..k-1``.
+        ConfigError: ``fold`` outside ``0..k-1``.
     """
     k = len(manifest["folds"])
     if not isinstance(fold, (int, np.integer)) or not 0 <= fold < k:
-        raise ValueError(f"fold must be an integer in 0..{k - 1} for this {k}-fold manifest, got {fold!r}")
+        raise ConfigError(f"fold must be an integer in 0..{k - 1} for this {k}-fold manifest, got {fold!r}")
     position = {int(file_id): i for i, file_id in enumerate(data.file_ids)}
     entry = manifest["folds"][fold]
     return {part: np.array(sorted(position[f] for f in entry[part]["file_ids"]), dtype=np.int64) for part in PARTS}
@@ -171,7 +172,7 @@ def _check_patients_per_class(subjects: np.ndarray, labels: np.ndarray, needed: 
     counts = {name: len(set(subjects[labels == c].tolist())) for c, name in enumerate(CLASS_NAMES)}
     smallest = min(counts, key=counts.get)
     if counts[smallest] < needed:
-        raise ValueError(f"{what} needs at least {needed} patients per class; {smallest} has {counts[smallest]} "
+        raise ConfigError(f"{what} needs at least {needed} patients per class; {smallest} has {counts[smallest]} "
                          f"(patients per class: {counts})")
 
 

@@ -10,11 +10,12 @@ from typing import Any
 import torch
 
 from experiment.atomic import atomic_write_bytes
+from experiment.errors import UserError
 
 _EPOCH_FILE = re.compile(r"^epoch-(\d+)\.pt$")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint is missing, unreadable or does not match the model it is loaded into."""
 
 
@@ -32,8 +33,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:  # torch raises several types for corrupt files
-        raise CheckpointError(f"checkpoint {path} is corrupt or not a safe torch checkpoint: {error}") from error
+    except Exception as error:  # torch raises several types; its advice to drop weights_only is not repeated
+        raise CheckpointError(f"checkpoint {path} is corrupt, or holds objects other than tensors and plain data "
+                              f"({type(error).__name__}); it is not loaded") from error
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} holds {type(state).__name__}, expected a dict")
     return state

@@ -3,11 +3,13 @@ renames of configuration keys the README once taught under other names (old name
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
+
+from experiment.errors import ConfigError
 
 DEFAULT_VISDOM_PORT = 8097
 
@@ -65,6 +67,27 @@ class SupervisedTrainConfig(TrainConfig):
 def register() -> None:
     """Register ``monitor=default`` in Hydra's ConfigStore (idempotent)."""
     ConfigStore.instance().store(group="monitor", name="default", node=MonitorConfig)
+
+
+def check_train(train: Any, group: str = "train") -> None:
+    """Refuse training settings that cannot work: ``epochs``, ``batch_size`` and ``lr`` must be positive,
+    ``epochs_decay``, ``patience``, ``weight_decay`` and ``grad_clip`` not negative (when the group has them).
+
+    Raises:
+        ConfigError: naming the key, e.g. ``train.epochs must be a positive integer, got 0``.
+    """
+    for key in ("epochs", "batch_size"):
+        _need(train, group, key, lambda v: isinstance(v, int) and v >= 1, "a positive integer")
+    _need(train, group, "lr", lambda v: isinstance(v, (int, float)) and v > 0, "a positive number")
+    for key in ("epochs_decay", "patience", "keep_checkpoints"):
+        _need(train, group, key, lambda v: isinstance(v, int) and v >= 0, "an integer >= 0")
+    for key in ("weight_decay", "grad_clip"):
+        _need(train, group, key, lambda v: isinstance(v, (int, float)) and v >= 0, "a number >= 0")
+
+
+def _need(node: Any, group: str, key: str, ok: Callable[[Any], bool], what: str) -> None:
+    if key in node and not ok(node[key]):
+        raise ConfigError(f"{group}.{key} must be {what}, got {node[key]!r}")
 
 
 def rename_legacy_overrides(argv: Sequence[str]) -> list[str]:

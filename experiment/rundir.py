@@ -19,6 +19,7 @@ from typing import Any
 
 from experiment.atomic import atomic_write_json, atomic_write_text, remove_temporaries
 from experiment.distributed import is_main_process
+from experiment.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ IDENTITY_FILE = "identity.json"
 CHECKPOINT_DIR = "checkpoints"
 
 
-class RunDirConflict(RuntimeError):
+class RunDirConflict(UserError, RuntimeError):
     """A run directory already holds a different experiment."""
 
 
