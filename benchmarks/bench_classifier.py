@@ -22,13 +22,13 @@ from typing import Any
 
 import torch
 
-from capsule_classifier import build_model, build_objective
+from capsule_classifier import BASELINE, build_model, build_objective, parameter_counts
 from capsule_classifier.deploy import ProbabilityModel
 from capsule_classifier.export import INPUT_NAME, OUTPUT_NAME, to_onnx_bytes
 from experiment.atomic import atomic_write_json
 from experiment.device import autocast
 
-MODELS = ("capsnet", "resnet50")
+MODELS = ("capsnet", BASELINE)
 
 
 def median_seconds(call: Callable[[], Any], repeats: int, warmup: int = 2) -> float:
@@ -84,8 +84,9 @@ def measure(name: str, size: int, repeats: int, train_batch: int, train_steps: i
         eager = median_seconds(lambda: classifier(single), repeats)
     fp32 = training_rate(name, size, train_batch, train_steps)
     bf16 = training_rate(name, size, train_batch, train_steps, cpu_bf16=True)
-    return {"model": name, "size": size, "parameters": sum(p.numel() for p in model.parameters()),
-            "parameters_inference": sum(p.numel() for n, p in model.named_parameters() if not n.startswith("decoder.")),
+    counts = parameter_counts(model, name, size, num_classes=3)
+    return {"model": name, "size": size, "parameters": counts["model"],
+            "parameters_inference": counts["model_without_decoder"],
             "eager_ms": 1e3 * eager, "onnx_ms": 1e3 * onnx_latency(classifier, size, repeats),
             "train_images_per_s": fp32, "train_images_per_s_bf16": bf16, "bf16_speedup": bf16 / fp32}
 

@@ -1,6 +1,6 @@
 """Data-layer benchmark, measured against its baselines in one run.
 
-(a) ``load_figshare`` on a folder of generated MATLAB v7.3 slices: cold (parse + preprocess, fresh
+(a) ``load_slices`` on a folder of generated MATLAB v7.3 slices: cold (parse + preprocess, fresh
     cache) versus from the preprocessed cache. Goal: cached at least 20x faster.
 (b) Pickle shards (``write_shards`` / ``read_shards``, checksums verified) versus ``numpy.save`` /
     ``numpy.load`` of the same arrays, in MB/s. Goal: reading at least half numpy's speed.
@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from datasets.figshare import load_figshare
+from datasets.fixtures import write_mat_folder
 from datasets.shards import read_shards, write_shards
-from tests.matfiles import write_mat_folder
+from datasets.slices import load_slices
 
 log = logging.getLogger("bench_data")
 
@@ -44,17 +44,17 @@ def best_time(function: Callable[[], object], repeats: int, setup: Callable[[], 
 
 def bench_mat_cache(workdir: Path, count: int, size: int, small_size: int, small_every: int, image_size: int,
                     repeats: int) -> dict[str, float]:
-    """Seconds for a cold ``load_figshare`` of ``count`` generated v7.3 files and for a cached one."""
+    """Seconds for a cold ``load_slices`` of ``count`` generated v7.3 files and for a cached one."""
     folder, cache = workdir / "mat", workdir / "cache"
     start = time.perf_counter()
     write_mat_folder(folder, count=count, size=size, small_size=small_size, small_every=small_every,
                      slices_per_patient=13, version="7.3")
     log.info("generated %d v7.3 files in %.1f s", count, time.perf_counter() - start)
     start = time.perf_counter()
-    cold = load_figshare(folder, image_size=image_size, cache_dir=cache)
+    cold = load_slices(folder, image_size=image_size, cache_dir=cache)
     cold_s = time.perf_counter() - start
-    cached_s = best_time(lambda: load_figshare(folder, image_size=image_size, cache_dir=cache), repeats)
-    cached = load_figshare(folder, image_size=image_size, cache_dir=cache)
+    cached_s = best_time(lambda: load_slices(folder, image_size=image_size, cache_dir=cache), repeats)
+    cached = load_slices(folder, image_size=image_size, cache_dir=cache)
     if cached.fingerprint != cold.fingerprint or len(cached) != count:
         raise RuntimeError("cached load differs from the cold load")
     return {"cold_s": cold_s, "cached_s": cached_s, "ratio": cold_s / cached_s}
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=512, help="side of most slices (release: 512)")
     parser.add_argument("--small-size", type=int, default=256, help="side of the few small slices (release: 256)")
     parser.add_argument("--small-every", type=int, default=100, help="every n-th patient has small slices")
-    parser.add_argument("--image-size", type=int, default=128, help="preprocessed side (load_figshare)")
+    parser.add_argument("--image-size", type=int, default=128, help="preprocessed side (load_slices)")
     parser.add_argument("--shard-images", type=int, default=7000, help="images in the shard benchmark")
     parser.add_argument("--shard-image-size", type=int, default=128)
     parser.add_argument("--shard-size", type=int, default=1000, help="images per shard")
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
         mat = bench_mat_cache(workdir, args.count, args.size, args.small_size, args.small_every, args.image_size,
                               args.repeats)
         shard = bench_shards(workdir, args.shard_images, args.shard_image_size, args.shard_size, args.repeats)
-    print(f"\n(a) load_figshare, {args.count} MATLAB v7.3 files at {args.size} px -> {args.image_size} px")
+    print(f"\n(a) load_slices, {args.count} MATLAB v7.3 files at {args.size} px -> {args.image_size} px")
     print(f"    cold (parse + preprocess): {mat['cold_s']:8.2f} s")
     print(f"    from cache:                {mat['cached_s']:8.3f} s")
     print(f"    ratio cold / cached:       {mat['ratio']:8.1f} x   (goal >= 20 x)")

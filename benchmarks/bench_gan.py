@@ -15,7 +15,7 @@ import torch
 from experiment.device import describe, select_device
 from experiment.seeding import seed_everything
 from generative_model.conditions import CONDITION_CHANNELS
-from generative_model.config import NetConfig, OptimConfig
+from generative_model.config import GeneratorTrainConfig, LossConfig, NetConfig
 from generative_model.networks import define_D, define_G
 from generative_model.pix2pix import Pix2Pix
 
@@ -34,12 +34,12 @@ def timed(fn: Callable[[], object], steps: int) -> float:
 def measure(size: int, width: int, batch: int, steps: int, device: torch.device) -> dict[str, float]:
     """Forward images/s of G and training steps/s of a full G+D step at ``size`` px and ``width`` channels."""
     seed_everything(0, size, width)
-    net, optim = NetConfig(), OptimConfig()
+    net, train, loss = NetConfig(), GeneratorTrainConfig(), LossConfig()
     generator = define_G(input_nc=CONDITION_CHANNELS, image_size=size, ngf=width, norm=net.norm,
                          use_dropout=net.dropout)
     discriminator = define_D(input_nc=CONDITION_CHANNELS + 1, ndf=width, n_layers=net.d_layers, norm=net.norm)
-    model = Pix2Pix(generator=generator, discriminator=discriminator, lr=optim.lr, beta1=optim.beta1,
-                    gan_mode=optim.gan_mode, lambda_l1=optim.lambda_l1, epochs=1, epochs_decay=0, device=device)
+    model = Pix2Pix(generator=generator, discriminator=discriminator, lr=train.lr, beta1=train.beta1,
+                    gan_mode=loss.gan_mode, lambda_l1=loss.lambda_l1, epochs=1, epochs_decay=0, device=device)
     condition = torch.rand(batch, CONDITION_CHANNELS, size, size)
     real = torch.rand(batch, 1, size, size) * 2 - 1
 
@@ -64,7 +64,7 @@ def measure(size: int, width: int, batch: int, steps: int, device: torch.device)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256])
-    parser.add_argument("--batch", type=int, default=OptimConfig().batch_size)
+    parser.add_argument("--batch", type=int, default=GeneratorTrainConfig().batch_size)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()

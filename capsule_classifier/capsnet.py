@@ -21,8 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["CapsNet", "CapsuleObjective", "ClassCapsules", "capsnet", "margin_loss", "squash"]
+__all__ = ["TRAINING_ONLY_PREFIX", "CapsNet", "CapsuleObjective", "ClassCapsules", "capsnet", "margin_loss", "squash"]
 
+TRAINING_ONLY_PREFIX = "decoder."
+"""Parameter-name prefix of the reconstruction decoder, which only training uses (inference never runs it)."""
 RECONSTRUCTION_SIDE = 32
 """Side of the decoder's target: the input average-pooled to 32x32, so the decoder stays small."""
 

@@ -1,30 +1,24 @@
-"""In-memory batches for the classifiers: seeded (optionally class-balanced, DDP-sharded) training
-epochs with batched augmentation, plain evaluation batches, and synthetic shards for pretraining.
+"""The classifiers' data in memory: slices as a dataset for :mod:`experiment.batches`, and synthetic shards
+for pretraining.
 
-Slices are uint8 ``(N, S, S)`` in memory (the whole figshare set is 50 MB at 128 px), so no
-``DataLoader`` workers are needed; a batch becomes float32 ``(B, 1, S, S)`` in [0, 1] via :func:`to_input`,
-the one conversion shared by training, evaluation, export and prediction.
+Slices are uint8 ``(N, S, S)`` in memory (the whole figshare set is 50 MB at 128 px), so no ``DataLoader``
+workers are needed; a slice becomes float32 ``(1, S, S)`` in [0, 1] via :func:`to_input`, the one conversion
+shared by training, evaluation, export and prediction.
 """
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from datasets.augment import RandCompose
-from datasets.figshare import CLASS_NAMES
+from datasets.core import CLASS_NAMES
 from datasets.shards import ShardError, read_shards
 from datasets.transforms import Resize
-from experiment.seeding import torch_generator
 
 log = logging.getLogger(__name__)
-
-Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 def to_input(images: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -35,70 +29,20 @@ def to_input(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     return tensor.unsqueeze(1).float().div_(255.0)
 
 
-class EvalBatches:
-    """Re-iterable fixed-order batches of ``(images, labels)`` for validation and test (no augmentation)."""
+class SliceDataset(torch.utils.data.Dataset):
+    """In-memory uint8 slices ``(N, S, S)`` with class indices, as items ``(float32 (1, S, S) in [0, 1], label)``
+    for :mod:`experiment.batches`."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int) -> None:
-        self.images, self.labels, self.batch_size = images, np.asarray(labels, dtype=np.int64), batch_size
+    def __init__(self, images: np.ndarray, labels: np.ndarray) -> None:
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} slices but {len(labels)} labels")
+        self.images, self.labels = images, torch.as_tensor(np.asarray(labels, dtype=np.int64))
 
     def __len__(self) -> int:
-        return -(-len(self.labels) // self.batch_size)
+        return len(self.labels)
 
-    def __iter__(self) -> Iterator[Batch]:
-        for start in range(0, len(self.labels), self.batch_size):
-            stop = start + self.batch_size
-            yield to_input(self.images[start:stop]), torch.from_numpy(self.labels[start:stop])
-
-
-@dataclass
-class TrainBatches:
-    """``TrainBatches(...)(epoch)``: one epoch of shuffled (or class-balanced) augmented batches.
-
-    Every draw comes from generators seeded by ``(seed, key, epoch)``, so epoch ``e`` is the same
-    whether or not the run was resumed. Under DDP each of ``world_size`` ranks takes every
-    ``world_size``-th index of the same draw (padded like ``DistributedSampler``), so all ranks run
-    the same number of steps. The last incomplete batch is dropped (BatchNorm needs > 1 sample).
-    """
-
-    images: np.ndarray
-    labels: np.ndarray
-    batch_size: int
-    seed: int
-    key: int = 0
-    balanced: bool = False
-    augmentation: RandCompose | None = None
-    rank: int = 0
-    world_size: int = 1
-
-    def __post_init__(self) -> None:
-        if len(self.labels) < self.batch_size * self.world_size:
-            raise ValueError(f"{len(self.labels)} training slices are fewer than one batch of "
-                             f"{self.batch_size} x {self.world_size} process(es); lower the batch size")
-
-    def indices(self, epoch: int) -> np.ndarray:
-        """This rank's slice indices for ``epoch``."""
-        generator = torch_generator(self.seed, self.key, epoch)
-        n = len(self.labels)
-        if self.balanced:
-            counts = np.bincount(self.labels, minlength=len(CLASS_NAMES)).astype(np.float64)
-            weights = torch.from_numpy(1.0 / counts[self.labels])
-            order = torch.multinomial(weights, n, replacement=True, generator=generator)
-        else:
-            order = torch.randperm(n, generator=generator)
-        padded = -(-n // self.world_size) * self.world_size
-        order = torch.cat([order, order[: padded - n]])
-        return order[self.rank::self.world_size].numpy()
-
-    def __call__(self, epoch: int) -> Iterator[Batch]:
-        order = self.indices(epoch)
-        if self.augmentation is not None:
-            self.augmentation.reseed(self.seed, self.key, epoch, 1)
-        for start in range(0, len(order) - self.batch_size + 1, self.batch_size):
-            chosen = order[start:start + self.batch_size]
-            images = to_input(self.images[chosen])
-            if self.augmentation is not None:
-                images = self.augmentation(images)
-            yield images, torch.from_numpy(self.labels[chosen])
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return to_input(self.images[index:index + 1])[0], self.labels[index]
 
 
 def load_pretrain_shards(folder: str | os.PathLike, image_size: int, strict: bool) -> tuple[np.ndarray, np.ndarray,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -15,13 +15,16 @@ from torch import nn
 from capsule_classifier import build_model, build_objective
 from experiment.checkpoint import CheckpointError, load_checkpoint, load_model_state, save_checkpoint
 
+if TYPE_CHECKING:
+    from experiment.engine import Objective
+
 REQUIRED_KEYS = ("model", "model_name", "model_kwargs", "image_size", "class_names")
 
 
 class ProbabilityModel(nn.Module):
     """``model`` followed by its objective's class probabilities: (N, 1, S, S) -> (N, C)."""
 
-    def __init__(self, model: nn.Module, objective: Any) -> None:
+    def __init__(self, model: nn.Module, objective: Objective) -> None:
         super().__init__()
         self.model, self.objective = model, objective
 

@@ -25,7 +25,7 @@ import torch
 
 from capsule_classifier.data import to_input
 from capsule_classifier.deploy import ProbabilityModel, load_classifier
-from datasets.figshare import load_figshare
+from datasets.slices import load_slices
 from experiment.atomic import atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ class ExportError(RuntimeError):
 
 def sample_slices(image_size: int, count: int = 16) -> np.ndarray:
     """``count`` real slices of the embedded sample, spread over the set, preprocessed at ``image_size``."""
-    data = load_figshare(None, image_size)
+    data = load_slices(None, image_size)
     index = np.linspace(0, len(data) - 1, num=min(count, len(data))).round().astype(int)
     return data.images[index]
 

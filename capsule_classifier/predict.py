@@ -22,7 +22,7 @@ import torch
 
 from capsule_classifier.data import to_input
 from capsule_classifier.export import INPUT_NAME, OUTPUT_NAME
-from datasets.figshare import DataError
+from datasets.core import DataError
 from datasets.transforms import preprocess_slice
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")

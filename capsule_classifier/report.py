@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import wilcoxon
 
+from capsule_classifier import BASELINE, BASELINE_RATIO
 from experiment.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from experiment.metrics import aggregate_folds
 from experiment.rundir import SUMMARY_FILE
@@ -95,7 +96,7 @@ def build_report(summaries: Sequence[tuple[Path, dict[str, Any]]]) -> dict[str, 
 # Report key -> (the one field in which a setting differs from its baseline, the baseline's value there, the
 # Markdown title): pretrained against trained from scratch, and each model against the ResNet50 baseline.
 PAIRINGS = {"paired": ("tag", "scratch", "Pretrained against trained from scratch, paired by fold"),
-            "paired_models": ("model", "resnet50", "Models against the ResNet50 baseline, paired by fold")}
+            "paired_models": ("model", BASELINE, "Models against the ResNet50 baseline, paired by fold")}
 
 
 def paired_comparisons(groups: dict[str, dict[str, Any]], axis: str = "tag",
@@ -166,7 +167,7 @@ def markdown(report: dict[str, Any], details: bool = True) -> str:
         inference = params.get("model_without_decoder", params.get("model"))
         lines.append(f"| {key} | {len(group['folds'])} | {_pm(agg['accuracy'])} | {_pm(agg['macro_f1'])} | "
                      f"{_count(inference)} / {_count(params.get('model'))} | "
-                     f"{params.get('resnet50_over_model_without_decoder', '?')} | "
+                     f"{params.get(BASELINE_RATIO, '?')} | "
                      f"{_duration(sum(f['wall_time_s'] or 0.0 for f in group['per_fold']))} |")
     for name, (_, _, title) in PAIRINGS.items():
         if report.get(name):

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import os
 
-import torch
-import torch.nn.functional as F
 from torch import nn
 from torchvision.models import resnet50 as _torchvision_resnet50
 
 from experiment.checkpoint import CheckpointError, load_checkpoint, load_model_state
 
-__all__ = ["CrossEntropyObjective", "load_imagenet_weights", "resnet50"]
+__all__ = ["INIT_ONLY_KWARGS", "load_imagenet_weights", "resnet50"]
+
+INIT_ONLY_KWARGS = ("weights",)
+"""Builder arguments that only initialise the weights (the ImageNet file); a saved model already holds them."""
 
 
 def resnet50(num_classes: int = 3, image_size: int = 128, weights: str | None = None) -> nn.Module:
@@ -43,24 +44,3 @@ def load_imagenet_weights(model: nn.Module, path: str | os.PathLike) -> None:
     head = model.fc.state_dict()
     state["fc.weight"], state["fc.bias"] = head["weight"], head["bias"]
     load_model_state(model, state, str(path))
-
-
-class CrossEntropyObjective:
-    """Cross-entropy on logits; scores are the logits, probabilities their softmax."""
-
-    def __init__(self, label_smoothing: float = 0.0) -> None:
-        self.label_smoothing = label_smoothing
-
-    def loss(self, output: torch.Tensor, images: torch.Tensor,
-             targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """Mean cross-entropy and its single named part."""
-        loss = F.cross_entropy(output.float(), targets, label_smoothing=self.label_smoothing)
-        return loss, {"cross_entropy": float(loss.detach())}
-
-    def scores(self, output: torch.Tensor) -> torch.Tensor:
-        """The logits (N, C)."""
-        return output
-
-    def probabilities(self, scores: torch.Tensor) -> torch.Tensor:
-        """Class probabilities from :meth:`scores`: softmax over classes."""
-        return scores.softmax(dim=1)

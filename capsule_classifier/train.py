@@ -2,18 +2,19 @@
 
     python capsule_classifier/train.py model=capsnet fold=3 data.root=PATH pretrain.shards=PATH
     python capsule_classifier/train.py -m model=capsnet fold=0,1,2,3,4,5,6
-    torchrun --nproc_per_node=2 capsule_classifier/train.py model=resnet50 fold=0
+    torchrun --nproc_per_node=2 capsule_classifier/train.py model=capsnet fold=0
 
 Stage 1 (optional) pretrains on synthetic shards; stage 2 fine-tunes on the fold's real training
 patients with augmentation, selects the epoch with the best validation macro-F1 and evaluates it
 once on the fold's test patients. The run directory (deterministic, see ``configs/train.yaml``)
 receives ``config.yaml``, ``metrics.jsonl``, ``checkpoints/``, ``model.pt`` (deployable),
-``predictions.json`` (test file ids, labels, scores) and ``summary.json`` (written last: a fold with a
-summary is finished and is not rerun).
+``predictions.json`` (test file ids, subjects, labels, scores, probabilities) and ``summary.json``
+(written last: a fold with a summary is finished and is not rerun).
 """
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,29 +23,30 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
 
-from capsule_classifier import build_model, build_objective
-from capsule_classifier.data import EvalBatches, TrainBatches, load_pretrain_shards
+from capsule_classifier import build_model, build_objective, model_entry, parameter_counts
+from capsule_classifier import config as classifier_config
+from capsule_classifier.data import SliceDataset, load_pretrain_shards
 from capsule_classifier.deploy import save_classifier
 from datasets import config as data_config
 from datasets.augment import slice_augmentation
 from datasets.config import data_identity
-from datasets.figshare import CLASS_NAMES, SliceSet
+from datasets.core import CLASS_NAMES, SliceSet, fold_count
 from datasets.splits import load_fold
 from experiment import config as experiment_config
 from experiment.atomic import atomic_write_json
+from experiment.batches import TrainBatches, eval_batches
 from experiment.checkpoint import load_checkpoint, load_model_state
 from experiment.device import describe
 from experiment.distributed import barrier, cleanup, is_main_process, rank, setup_device, world_size
-from experiment.engine import FitResult, FitSettings, evaluate, fit
+from experiment.engine import FitResult, FitSettings, Objective, evaluate, fit
 from experiment.monitor import Monitor, build_monitor
 from experiment.rundir import RunDir
 from experiment.seeding import seed_everything
 
 log = logging.getLogger(__name__)
 
-INIT_ONLY_KWARGS = ("weights",)
-"""Builder arguments that only initialise weights (ImageNet file); ``model.pt`` already holds the weights."""
 PHASE_KEYS = {"pretrain": 1, "finetune": 2}
 """Seed keys of the two stages' sampling and augmentation streams."""
 
@@ -58,27 +60,11 @@ def register() -> None:
     """Register the config groups and resolvers ``configs/train.yaml`` uses (idempotent)."""
     data_config.register()
     experiment_config.register()
+    classifier_config.register()
     OmegaConf.register_new_resolver("pretrain_tag", pretrain_tag, replace=True)
 
 
 register()
-
-
-def count_parameters(model: nn.Module, exclude_prefix: str | None = None) -> int:
-    """Number of parameters, optionally without those under ``exclude_prefix`` (e.g. the decoder)."""
-    return sum(p.numel() for name, p in model.named_parameters()
-               if exclude_prefix is None or not name.startswith(exclude_prefix))
-
-
-def parameter_counts(model: nn.Module, image_size: int, num_classes: int) -> dict[str, int | float]:
-    """Parameters of ``model`` (with and without a decoder) and of ResNet50 at the same input size."""
-    with torch.device("meta"):
-        baseline = build_model("resnet50", num_classes=num_classes, image_size=image_size)
-    counts: dict[str, int | float] = {"model": count_parameters(model),
-                                      "model_without_decoder": count_parameters(model, "decoder."),
-                                      "resnet50": count_parameters(baseline)}
-    counts["resnet50_over_model_without_decoder"] = round(counts["resnet50"] / counts["model_without_decoder"], 2)
-    return counts
 
 
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -121,7 +107,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 def _run_fold(cfg: DictConfig, run_dir: RunDir, device: torch.device, distributed: bool, data: SliceSet,
               parts: dict[str, SliceSet], folds_path: Path) -> dict[str, Any]:
-    k = 5 if cfg.data.split == "cvind" else cfg.data.k
+    k = fold_count(cfg.data.split, cfg.data.k)
     model_kwargs = OmegaConf.to_container(cfg.model.kwargs, resolve=True)
     seed_everything(cfg.seed)  # the initial weights depend on the seed alone
     model = build_model(cfg.model.name, num_classes=len(CLASS_NAMES), image_size=cfg.data.image_size,
@@ -133,7 +119,7 @@ def _run_fold(cfg: DictConfig, run_dir: RunDir, device: torch.device, distribute
         monitor = build_monitor(run_dir, cfg.monitor)
     else:
         monitor = Monitor(run_dir)
-    val_batches = EvalBatches(parts["val"].images, parts["val"].labels, cfg.eval_batch_size)
+    val_batches = _eval_batches(parts["val"], cfg)
     pretrain_info = None
     try:
         if pretrain_tag(cfg.pretrain.shards) == "synthetic":
@@ -143,9 +129,10 @@ def _run_fold(cfg: DictConfig, run_dir: RunDir, device: torch.device, distribute
                              "pretrain best.pt")
         augmentation = slice_augmentation(**{k: v for k, v in cfg.augment.items() if k != "enabled"}) \
             if cfg.augment.enabled else None
-        batches = TrainBatches(parts["train"].images, parts["train"].labels, cfg.train.batch_size, cfg.seed,
-                               key=PHASE_KEYS["finetune"], balanced=cfg.train.balanced, augmentation=augmentation,
-                               rank=rank(), world_size=world_size())
+        train = parts["train"]
+        batches = TrainBatches(SliceDataset(train.images, train.labels), train.labels, cfg.train.batch_size,
+                               cfg.seed, key=PHASE_KEYS["finetune"], balanced=cfg.train.balanced,
+                               augmentation=augmentation, rank=rank(), world_size=world_size())
         result = _fit_phase(cfg, "finetune", trained, objective, batches, val_batches, cfg.train.epochs,
                             cfg.train.lr, run_dir, monitor, device)
         summary: dict[str, Any] = {}
@@ -159,13 +146,14 @@ def _run_fold(cfg: DictConfig, run_dir: RunDir, device: torch.device, distribute
         monitor.close()
 
 
-def _pretrain(cfg: DictConfig, trained: nn.Module, objective: Any, val_batches: EvalBatches, run_dir: RunDir,
+def _pretrain(cfg: DictConfig, trained: nn.Module, objective: Objective, val_batches: DataLoader, run_dir: RunDir,
               monitor: Monitor, device: torch.device) -> dict[str, Any]:
     """Stage 1 on synthetic shards (selected on the real validation patients); return its provenance."""
     images, labels, shard_manifest = load_pretrain_shards(cfg.pretrain.shards, cfg.data.image_size,
                                                           cfg.pretrain.strict)
-    batches = TrainBatches(images, labels, cfg.train.batch_size, cfg.seed, key=PHASE_KEYS["pretrain"],
-                           balanced=cfg.pretrain.balanced, rank=rank(), world_size=world_size())
+    batches = TrainBatches(SliceDataset(images, labels), labels, cfg.train.batch_size, cfg.seed,
+                           key=PHASE_KEYS["pretrain"], balanced=cfg.pretrain.balanced, rank=rank(),
+                           world_size=world_size())
     result = _fit_phase(cfg, "pretrain", trained, objective, batches, val_batches, cfg.pretrain.epochs,
                         cfg.pretrain.lr, run_dir, monitor, device, patience=0)
     return {"shards": str(Path(cfg.pretrain.shards).resolve()), "num_images": int(labels.shape[0]),
@@ -174,8 +162,8 @@ def _pretrain(cfg: DictConfig, trained: nn.Module, objective: Any, val_batches: 
             "best_val": _headline(result.best_val)}
 
 
-def _fit_phase(cfg: DictConfig, phase: str, trained: nn.Module, objective: Any, batches: TrainBatches,
-               val_batches: EvalBatches, epochs: int, lr: float, run_dir: RunDir, monitor: Monitor,
+def _fit_phase(cfg: DictConfig, phase: str, trained: nn.Module, objective: Objective, batches: TrainBatches,
+               val_batches: DataLoader, epochs: int, lr: float, run_dir: RunDir, monitor: Monitor,
                device: torch.device, patience: int | None = None) -> FitResult:
     optimizer = build_optimizer(trained, lr, cfg.train.weight_decay)
     scheduler = build_scheduler(optimizer, cfg.train.schedule, epochs, cfg.train.step_size, cfg.train.gamma)
@@ -187,19 +175,20 @@ def _fit_phase(cfg: DictConfig, phase: str, trained: nn.Module, objective: Any, 
                CLASS_NAMES)
 
 
-def _test_and_save(cfg: DictConfig, model: nn.Module, objective: Any, parts: dict[str, SliceSet],
+def _test_and_save(cfg: DictConfig, model: nn.Module, objective: Objective, parts: dict[str, SliceSet],
                    result: FitResult, model_kwargs: dict[str, Any], run_dir: RunDir, device: torch.device,
                    data: SliceSet, folds_path: Path, k: int, pretrain_info: dict[str, Any] | None) -> dict[str, Any]:
     """Evaluate the selected model once on the test patients; write predictions, model.pt and summary.json."""
     test = parts["test"]
-    metrics, y_true, y_score = evaluate(model, objective, EvalBatches(test.images, test.labels, cfg.eval_batch_size),
-                                        device, CLASS_NAMES, cfg.amp, cfg.cpu_bf16)
+    metrics, y_true, y_score = evaluate(model, objective, _eval_batches(test, cfg), device, CLASS_NAMES, cfg.amp,
+                                        cfg.cpu_bf16)
     probabilities = objective.probabilities(torch.from_numpy(y_score))
     atomic_write_json(run_dir.path / "predictions.json", {
-        "class_names": list(CLASS_NAMES), "file_ids": test.file_ids.tolist(), "groups": test.groups.tolist(),
+        "class_names": list(CLASS_NAMES), "file_ids": test.file_ids.tolist(), "subjects": test.subjects.tolist(),
         "y_true": y_true.tolist(), "y_pred": y_score.argmax(1).tolist(), "scores": y_score.tolist(),
         "probabilities": probabilities.numpy().round(6).tolist()})
-    deploy_kwargs = {k: v for k, v in model_kwargs.items() if k not in INIT_ONLY_KWARGS}
+    init_only = model_entry(cfg.model.name).init_only_kwargs
+    deploy_kwargs = {k: v for k, v in model_kwargs.items() if k not in init_only}
     save_classifier(run_dir.path / "model.pt", model, cfg.model.name, deploy_kwargs, cfg.data.image_size,
                     CLASS_NAMES, fold=int(cfg.fold), epoch=int(result.best_epoch))
     summary = {
@@ -208,10 +197,10 @@ def _test_and_save(cfg: DictConfig, model: nn.Module, objective: Any, parts: dic
         "image_size": int(cfg.data.image_size), "seed": int(cfg.seed),
         "test": metrics, "val": result.best_val, "selected_epoch": result.best_epoch,
         "epochs_run": result.epochs_run, "stopped_early": result.stopped_early,
-        "parameters": parameter_counts(model, cfg.data.image_size, len(CLASS_NAMES)),
+        "parameters": parameter_counts(model, cfg.model.name, cfg.data.image_size, len(CLASS_NAMES)),
         "data": {"source": data.source, "fingerprint": data.fingerprint,
                  "slices": {name: len(part) for name, part in parts.items()},
-                 "groups": {name: len(set(part.groups.tolist())) for name, part in parts.items()}},
+                 "subjects": {name: len(set(part.subjects.tolist())) for name, part in parts.items()}},
         "folds_file": str(folds_path), "pretrain": pretrain_info, "device": describe(device),
         "world_size": world_size(), "checkpoint": "model.pt", "predictions": "predictions.json",
     }
@@ -219,6 +208,10 @@ def _test_and_save(cfg: DictConfig, model: nn.Module, objective: Any, parts: dic
     log.info("fold %d test: accuracy %.4f, macro-F1 %.4f (epoch %d) -> %s", cfg.fold, metrics["accuracy"],
              metrics["macro_f1"], result.best_epoch, run_dir.summary_path)
     return run_dir.read_summary() or summary
+
+
+def _eval_batches(part: SliceSet, cfg: DictConfig) -> DataLoader:
+    return eval_batches(SliceDataset(part.images, part.labels), cfg.eval_batch_size)
 
 
 def _headline(metrics: dict[str, Any]) -> dict[str, float]:
@@ -234,4 +227,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    sys.argv = [sys.argv[0], *experiment_config.rename_legacy_overrides(sys.argv[1:])]
     main()

@@ -1,12 +1,13 @@
-"""Random training augmentations for batches of slices (MONAI style, batched in torch).
+"""Random training augmentations for batches of slices and volumes (MONAI style, batched in torch).
 
 Each augmentation is a deterministic transform (:class:`Flip`, :class:`Affine`,
 :class:`ScaleShiftIntensity`) plus a random twin (``Rand*``) that draws per-sample parameters in
 ``randomize(n)`` from its own ``torch.Generator`` and delegates. :class:`RandCompose` reseeds every
 twin from ``(seed, *keys)`` so an epoch's augmentation is reproducible (exact resume).
 
-All transforms take and return float32 batches ``(N, C, H, W)``; they never modify their input.
-They are for real training slices only: validation, test and prediction see no augmentation.
+Transforms take and return float32 batches ``(N, C, H, W)`` (:class:`Flip` also volumes ``(N, C, T, H, W)``);
+they never modify their input. They are for real training data only: validation, test and prediction see
+no augmentation.
 """
 from __future__ import annotations
 
@@ -19,9 +20,10 @@ import torch.nn.functional as F
 from experiment.seeding import torch_generator
 
 
-def _check_batch(images: torch.Tensor) -> None:
-    if images.ndim != 4 or not images.is_floating_point():
-        raise ValueError(f"expected a float batch (N, C, H, W), got {tuple(images.shape)} {images.dtype}")
+def _check_batch(images: torch.Tensor, volumes: bool = False) -> None:
+    if images.ndim not in ((4, 5) if volumes else (4,)) or not images.is_floating_point():
+        expected = "(N, C, H, W) or (N, C, T, H, W)" if volumes else "(N, C, H, W)"
+        raise ValueError(f"expected a float batch {expected}, got {tuple(images.shape)} {images.dtype}")
 
 
 def _per_sample(value: torch.Tensor | float, n: int, device: torch.device) -> torch.Tensor:
@@ -31,22 +33,29 @@ def _per_sample(value: torch.Tensor | float, n: int, device: torch.device) -> to
 
 
 class Flip:
-    """Mirror the samples selected by ``mask`` (bool, (N,)) along ``axis`` (``"horizontal"`` or
-    ``"vertical"``); all samples when ``mask`` is None."""
+    """Mirror the samples selected by ``mask`` (bool, (N,)) along ``axis``; all samples when ``mask`` is None.
+
+    ``axis``: ``"horizontal"`` or ``"vertical"`` of a slice batch, or a spatial dimension (>= 2) of a slice
+    or volume batch, e.g. the left-right dimension of ``(N, C, T, H, W)``.
+    """
 
     AXES = {"horizontal": -1, "vertical": -2}
 
-    def __init__(self, axis: str = "horizontal") -> None:
-        if axis not in self.AXES:
-            raise ValueError(f"axis must be one of {sorted(self.AXES)}, got {axis!r}")
-        self.dim = self.AXES[axis]
+    def __init__(self, axis: str | int = "horizontal") -> None:
+        if isinstance(axis, str) and axis not in self.AXES:
+            raise ValueError(f"axis must be one of {sorted(self.AXES)} or a dimension >= 2, got {axis!r}")
+        if isinstance(axis, int) and axis < 2:
+            raise ValueError(f"axis must be a spatial dimension (>= 2) of (N, C, ...), got {axis}")
+        self.dim = self.AXES[axis] if isinstance(axis, str) else axis
 
     def __call__(self, images: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        _check_batch(images)
+        _check_batch(images, volumes=True)
+        if self.dim >= images.ndim:
+            raise ValueError(f"cannot flip dimension {self.dim} of a batch {tuple(images.shape)}")
         flipped = images.flip(self.dim)
         if mask is None:
             return flipped
-        return torch.where(mask.to(images.device).view(-1, 1, 1, 1), flipped, images)
+        return torch.where(mask.to(images.device).view(-1, *[1] * (images.ndim - 1)), flipped, images)
 
 
 class Affine:
@@ -98,9 +107,9 @@ class RandomTransform:
 
 
 class RandFlip(RandomTransform):
-    """Flip each sample along ``axis`` with probability ``prob``."""
+    """Flip each sample along ``axis`` (see :class:`Flip`) with probability ``prob``."""
 
-    def __init__(self, axis: str = "horizontal", prob: float = 0.5) -> None:
+    def __init__(self, axis: str | int = "horizontal", prob: float = 0.5) -> None:
         super().__init__()
         if not 0.0 <= prob <= 1.0:
             raise ValueError(f"prob must be in [0, 1], got {prob}")
@@ -190,3 +199,9 @@ def slice_augmentation(flip_prob: float = 0.5, rotate_deg: float = 10.0, scale: 
     """
     return RandCompose([RandFlip("horizontal", flip_prob), RandAffine(rotate_deg, scale, translate, prob),
                         RandScaleShiftIntensity(intensity_scale, intensity_shift, prob)])
+
+
+def volume_augmentation(flip_dim: int, flip_prob: float = 0.5) -> RandCompose:
+    """The training augmentation of volume batches ``(N, C, T, H, W)``: left-right flips along ``flip_dim``
+    (the brain is roughly symmetric about the mid-sagittal plane)."""
+    return RandCompose([RandFlip(flip_dim, flip_prob)])

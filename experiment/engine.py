@@ -54,7 +54,8 @@ def check_finite(losses: dict[str, float], where: str, checkpoints: Path) -> Non
 
 
 class Objective(Protocol):
-    """How a model's output becomes a loss and class scores."""
+    """How a model's output becomes a loss, class scores and class probabilities (one per model family;
+    e.g. :class:`experiment.objectives.CrossEntropyObjective`)."""
 
     def loss(self, output: Any, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """The scalar training loss and its named parts (for logging)."""
@@ -62,6 +63,10 @@ class Objective(Protocol):
 
     def scores(self, output: Any) -> torch.Tensor:
         """Class scores (N, C); argmax is the prediction."""
+        ...
+
+    def probabilities(self, scores: torch.Tensor) -> torch.Tensor:
+        """Class probabilities (N, C) from :meth:`scores` (rows sum to one; same argmax)."""
         ...
 
 
@@ -120,7 +125,8 @@ def fit(model: nn.Module, objective: Objective, optimizer: torch.optim.Optimizer
         device: torch.device, class_names: Sequence[str]) -> FitResult:
     """Train one phase, resuming from its newest checkpoint; return the selected (best) epoch.
 
-    ``train_loader(epoch)`` returns that epoch's batches (seeded by the caller from ``(seed, epoch)``).
+    ``train_loader(epoch)`` returns that epoch's batches, seeded from ``(seed, epoch)`` so a resumed run draws
+    what an uninterrupted one would (:class:`experiment.batches.TrainBatches`).
     Without ``val_loader`` the last epoch is selected. A phase that already reached ``settings.epochs``
     (or stopped early) is not rerun; raising ``settings.epochs`` continues it.
     """

@@ -24,7 +24,7 @@ import numpy as np
 from scipy import ndimage, signal
 from skimage.filters import threshold_otsu
 
-from datasets.figshare import CLASS_NAMES
+from datasets.core import CLASS_NAMES
 
 NUM_CLASSES = len(CLASS_NAMES)
 CONDITION_CHANNELS = 2 + NUM_CLASSES

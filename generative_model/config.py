@@ -1,5 +1,5 @@
-"""Typed Hydra schemas of the generator entry points: ``net.*`` (architecture), ``optim.*`` (training
-schedule and losses) and ``augment.*`` (condition augmentation for synthesis)."""
+"""Typed Hydra schemas of the generator entry points: ``net.*`` (architecture), ``train.*`` (schedule, Adam,
+checkpoints, logging), ``loss.*`` (the pix2pix losses) and ``augment.*`` (condition augmentation for synthesis)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -28,12 +28,24 @@ class NetConfig:
 
 
 @dataclass
-class OptimConfig:
-    """Adam, batch size and the pix2pix losses (the epoch schedule is top-level: ``epochs``, ``epochs_decay``)."""
+class GeneratorTrainConfig(experiment_config.TrainConfig):
+    """``epochs`` at the constant rate ``lr``, then ``epochs_decay`` of linear decay to zero; Adam ``beta1``;
+    a per-step loss record every ``log_every`` steps and a condition | real | fake grid of ``preview_count``
+    training slices each epoch (``keep_checkpoints`` as in every branch)."""
 
+    epochs: int = 3
+    epochs_decay: int = 3
     batch_size: int = 4
     lr: float = 2e-4
     beta1: float = 0.5
+    log_every: int = 25
+    preview_count: int = 4
+
+
+@dataclass
+class LossConfig:
+    """The generator loss: adversarial (``gan_mode`` ``vanilla`` or ``lsgan``) plus ``lambda_l1`` x L1."""
+
     gan_mode: str = "vanilla"
     lambda_l1: float = DEFAULT_LAMBDA_L1
 
@@ -52,10 +64,11 @@ class AugmentConfig:
 
 
 def register() -> None:
-    """Register the ``data``, ``monitor``, ``net``, ``optim`` and ``augment`` groups (idempotent)."""
+    """Register the ``data``, ``monitor``, ``net``, ``train``, ``loss`` and ``augment`` groups (idempotent)."""
     data_config.register()
     experiment_config.register()
     store = ConfigStore.instance()
     store.store(group="net", name="pix2pix", node=NetConfig)
-    store.store(group="optim", name="pix2pix", node=OptimConfig)
+    store.store(group="train", name="pix2pix", node=GeneratorTrainConfig)
+    store.store(group="loss", name="pix2pix", node=LossConfig)
     store.store(group="augment", name="default", node=AugmentConfig)

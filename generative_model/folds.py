@@ -8,8 +8,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from datasets.figshare import CLASS_NAMES, DataError, SliceSet, load_figshare
-from datasets.splits import load_fold
+from datasets.core import CLASS_NAMES, DataError, SliceSet
+from datasets.splits import load_data, load_fold
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def load_fold_data(data_cfg: Any, fold: Optional[int]) -> FoldData:
         ValueError: ``fold`` outside ``0..k-1``.
     """
     if fold is None:
-        data = load_figshare(data_cfg.root, data_cfg.image_size, data_cfg.strict, data_cfg.cache_dir)
+        data = load_data(data_cfg)
         selected = FoldData(data, np.arange(len(data)), np.empty(0, dtype=np.int64), None, None)
         log.warning("fold=null: the generator trains on %s", selected.describe())
     else:

@@ -12,14 +12,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from experiment.checkpoint import CheckpointError, load_model_state
+from experiment.checkpoint import load_model_state
 from experiment.device import autocast, grad_scaler
 from generative_model.losses import GANLoss
 
 LOSS_NAMES = ("G_GAN", "G_L1", "D_real", "D_fake")
 """Scalars returned by :meth:`Pix2Pix.optimize_parameters`; ``G_L1`` is the mean absolute error in
 [-1, 1] units before the ``lambda_l1`` weight."""
-_STATE_KEYS = ("G", "D", "optimizer_G", "optimizer_D", "scheduler_G", "scheduler_D", "scaler_G", "scaler_D")
+STATE_KEYS = ("G", "D", "optimizer_G", "optimizer_D", "scheduler_G", "scheduler_D", "scaler_G", "scaler_D")
+"""The parts of :meth:`Pix2Pix.state_dict`."""
 
 
 class LinearDecay:
@@ -122,13 +123,10 @@ class Pix2Pix:
         """Networks, optimisers, schedulers and AMP scalers (tensors and plain numbers only)."""
         parts = (self.netG, self.netD, self.optimizer_G, self.optimizer_D, self.scheduler_G, self.scheduler_D,
                  self.scaler_G, self.scaler_D)
-        return {key: part.state_dict() for key, part in zip(_STATE_KEYS, parts, strict=True)}
+        return {key: part.state_dict() for key, part in zip(STATE_KEYS, parts, strict=True)}
 
     def load_state_dict(self, state: dict[str, Any], source: str) -> None:
-        """Restore :meth:`state_dict` output; a missing part or mismatched network raises :class:`CheckpointError`."""
-        missing = [key for key in _STATE_KEYS if key not in state]
-        if missing:
-            raise CheckpointError(f"checkpoint {source} lacks {missing}: not a pix2pix training checkpoint")
+        """Restore :meth:`state_dict` output; a mismatched network raises ``CheckpointError`` naming ``source``."""
         load_model_state(self.netG, state["G"], source)
         load_model_state(self.netD, state["D"], source)
         self.optimizer_G.load_state_dict(state["optimizer_G"])

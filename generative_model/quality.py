@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from datasets.figshare import CLASS_NAMES, SliceSet
+from datasets.core import CLASS_NAMES, SliceSet
 from experiment.atomic import atomic_open, atomic_write_json
 from generative_model.conditions import Geometry, brain_masks, condition_preview, render_conditions
 from generative_model.pix2pix import generate

@@ -12,23 +12,23 @@ from __future__ import annotations
 
 import logging
 import math
-from pathlib import Path
+import sys
 from typing import Any
 
 import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
-from tqdm import tqdm
 
-from datasets.figshare import CLASS_NAMES
+from datasets.core import CLASS_NAMES
 from datasets.shards import ShardWriter, file_sha256, read_manifest
-from experiment.checkpoint import CheckpointError, load_checkpoint, load_model_state
+from experiment.config import rename_legacy_overrides
 from experiment.device import select_device
+from experiment.progress import progress
 from experiment.seeding import derive_seed
 from generative_model import config
+from generative_model.checkpoint import load_generator
 from generative_model.conditions import (
-    CONDITION_CHANNELS,
     AugmentGeometry,
     Geometry,
     RandAffine,
@@ -39,7 +39,6 @@ from generative_model.conditions import (
     render_conditions,
 )
 from generative_model.folds import FoldData, load_fold_data
-from generative_model.networks import UnetGenerator, define_G
 from generative_model.pix2pix import generate
 
 log = logging.getLogger(__name__)
@@ -47,7 +46,6 @@ config.register()
 
 PROPORTIONS = ("balanced", "real")
 _LOCATION_KEYS = ("out", "checkpoint", "run_dir", "overwrite")
-_ARCH_KEYS = {"input_nc", "output_nc", "image_size", "ngf", "norm", "use_dropout"}
 
 
 def class_counts(count: int, proportions: str, train_counts: np.ndarray) -> np.ndarray:
@@ -73,29 +71,6 @@ def label_plan(counts: np.ndarray, seed: int) -> np.ndarray:
     """The label of every image to draw (``counts[c]`` of class ``c``), shuffled by ``seed``."""
     labels = np.repeat(np.arange(len(counts)), counts)
     return labels[np.random.default_rng(derive_seed(seed)).permutation(labels.size)]
-
-
-def load_generator(path: str | Path, image_size: int, device: torch.device) -> tuple[UnetGenerator, dict[str, Any]]:
-    """The generator stored at ``path`` (``generator.pt`` or an epoch checkpoint) and its checkpoint dict.
-
-    Raises:
-        CheckpointError: unreadable file, no generator in it, another image size or condition layout,
-            or weights that do not fit the recorded architecture.
-    """
-    state = load_checkpoint(path)
-    arch = state.get("arch")
-    if "G" not in state or not isinstance(arch, dict) or set(arch) != _ARCH_KEYS:
-        raise CheckpointError(f"checkpoint {path} holds no pix2pix generator (needs 'G' and 'arch' with "
-                              f"{sorted(_ARCH_KEYS)})")
-    if arch["image_size"] != image_size:
-        raise CheckpointError(f"checkpoint {path} renders {arch['image_size']} px images, but data.image_size="
-                              f"{image_size}; synthesise at the generator's size or train one for this size")
-    if arch["input_nc"] != CONDITION_CHANNELS:
-        raise CheckpointError(f"checkpoint {path} expects {arch['input_nc']} condition channels, this code "
-                              f"builds {CONDITION_CHANNELS}")
-    generator = define_G(**arch)
-    load_model_state(generator, state["G"], str(path))
-    return generator.to(device), state
 
 
 def build_augment(augment: Any, brains: np.ndarray, labels: np.ndarray) -> AugmentGeometry:
@@ -147,10 +122,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError(f"shard_size must be positive, got {cfg.shard_size}")
     fold = load_fold_data(cfg.data, cfg.fold)
     device = select_device(cfg.device)
-    generator, state = load_generator(cfg.checkpoint, cfg.data.image_size, device)
-    if state.get("fold", cfg.fold) != cfg.fold:
-        raise CheckpointError(f"checkpoint {cfg.checkpoint} was trained for fold {state.get('fold')}, not fold "
-                              f"{cfg.fold}: its images could leak that fold's test patients into fold {cfg.fold}")
+    generator = load_generator(cfg.checkpoint, image_size=cfg.data.image_size, fold=cfg.fold, device=device)
     train_counts = np.bincount(fold.data.labels[fold.train], minlength=len(CLASS_NAMES))
     counts = class_counts(cfg.count, cfg.proportions, train_counts)
     labels = label_plan(counts, cfg.seed)
@@ -172,7 +144,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     brains = brain_masks(fold.data.images[fold.train], fold.data.masks[fold.train])
     augment = build_augment(cfg.augment, brains, fold.data.labels[fold.train])
     num_shards = math.ceil(labels.size / cfg.shard_size)
-    for shard in tqdm(range(num_shards), desc="synthesise shards", leave=False):
+    for shard in progress(range(num_shards), desc="synthesise shards"):
         if writer.has(shard):
             continue
         shard_labels = labels[shard * cfg.shard_size:(shard + 1) * cfg.shard_size]
@@ -199,4 +171,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    sys.argv = [sys.argv[0], *rename_legacy_overrides(sys.argv[1:])]
     main()

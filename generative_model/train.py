@@ -1,41 +1,45 @@
 """Train the conditional pix2pix generator on one fold's training patients.
 
-    python generative_model/train.py [data.root=PATH] [data.image_size=128] [fold=0|null] [epochs=3]
-        [epochs_decay=3] [net.ngf=32] [optim.gan_mode=lsgan] [resume=true] [monitor.visdom=false]
+    python generative_model/train.py [data.root=PATH] [data.image_size=128] [fold=0|null] [train.epochs=3]
+        [train.epochs_decay=3] [net.ngf=32] [loss.gan_mode=lsgan] [resume=true] [monitor.visdom=false]
 
-Writes into ``run_dir`` (default ``runs/generative_model/<size>px/fold<k>``): ``config.yaml``,
-``metrics.jsonl`` (losses, learning rate, condition | real | fake grids), ``checkpoints/epoch-NNNN.pt``
-each epoch, ``generator.pt`` (what synthesis loads), ``quality.json`` + grids on the fold's validation
-patients, and ``summary.json``. ``resume=true`` continues from the newest epoch checkpoint and, because
-every epoch reseeds from ``(seed, epoch)``, ends with the same weights as an uninterrupted run.
+Writes into ``run_dir`` (default ``runs/generative_model/<split>-k<k>/<size>px/fold<k>``): ``config.yaml``,
+``metrics.jsonl`` (losses, learning rate, condition | real | fake grids), ``checkpoints/epoch-NNNN.pt`` each
+epoch, ``generator.pt`` (what synthesis loads; both formats live in ``generative_model.checkpoint``),
+``quality.json`` + grids on the fold's validation patients, and ``summary.json``. ``resume=true`` continues
+from the newest epoch checkpoint and, because every epoch reseeds from ``(seed, epoch)``, ends with the same
+weights as an uninterrupted run.
 """
 from __future__ import annotations
 
 import logging
 import math
+import sys
+from pathlib import Path
 from typing import Any
 
 import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
-from tqdm import tqdm
 
 from datasets.config import data_identity
-from experiment.checkpoint import (
-    CheckpointError,
-    epoch_checkpoint_path,
-    latest_checkpoint,
-    load_checkpoint,
-    prune_checkpoints,
-    save_checkpoint,
-)
+from experiment.checkpoint import latest_checkpoint
+from experiment.config import rename_legacy_overrides
 from experiment.device import describe, select_device
 from experiment.engine import check_finite
 from experiment.monitor import build_monitor
+from experiment.progress import progress
 from experiment.rundir import RunDir
 from experiment.seeding import derive_seed, seed_everything
 from generative_model import config
+from generative_model.checkpoint import (
+    GENERATOR_FILE,
+    generator_arch,
+    load_training_checkpoint,
+    save_generator,
+    save_training_checkpoint,
+)
 from generative_model.conditions import CONDITION_CHANNELS, Geometry, brain_masks, render_conditions
 from generative_model.folds import FoldData, load_fold_data
 from generative_model.networks import define_D, define_G
@@ -45,14 +49,7 @@ from generative_model.quality import comparison_grid, quality_report
 log = logging.getLogger(__name__)
 config.register()
 
-GENERATOR_FILE = "generator.pt"
 FLIP_PROB = 0.5  # pix2pix's random mirroring of (condition, image) pairs
-
-
-def generator_arch(net: Any, image_size: int) -> dict[str, Any]:
-    """The ``define_G`` keyword arguments of this configuration, stored in checkpoints as ``arch``."""
-    return {"input_nc": CONDITION_CHANNELS, "output_nc": 1, "image_size": int(image_size), "ngf": int(net.ngf),
-            "norm": str(net.norm), "use_dropout": bool(net.dropout)}
 
 
 def build_pix2pix(cfg: DictConfig, device: torch.device) -> Pix2Pix:
@@ -62,9 +59,9 @@ def build_pix2pix(cfg: DictConfig, device: torch.device) -> Pix2Pix:
                          init_gain=net.init_gain)
     discriminator = define_D(input_nc=CONDITION_CHANNELS + 1, ndf=net.ndf, n_layers=net.d_layers, norm=net.norm,
                              init_type=net.init_type, init_gain=net.init_gain)
-    return Pix2Pix(generator=generator, discriminator=discriminator, lr=cfg.optim.lr, beta1=cfg.optim.beta1,
-                   gan_mode=cfg.optim.gan_mode, lambda_l1=cfg.optim.lambda_l1, epochs=cfg.epochs,
-                   epochs_decay=cfg.epochs_decay, device=device, amp=cfg.amp)
+    return Pix2Pix(generator=generator, discriminator=discriminator, lr=cfg.train.lr, beta1=cfg.train.beta1,
+                   gan_mode=cfg.loss.gan_mode, lambda_l1=cfg.loss.lambda_l1, epochs=cfg.train.epochs,
+                   epochs_decay=cfg.train.epochs_decay, device=device, amp=cfg.amp)
 
 
 def make_batch(fold: FoldData, brains: np.ndarray, index: np.ndarray,
@@ -109,10 +106,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     log.info("pix2pix on %s; %s", fold.describe(), describe(device))
 
     brains = brain_masks(fold.data.images[fold.train], fold.data.masks[fold.train])
-    total_epochs = cfg.epochs + cfg.epochs_decay
-    batch_size = cfg.optim.batch_size
+    total_epochs = cfg.train.epochs + cfg.train.epochs_decay
+    batch_size = cfg.train.batch_size
     steps_per_epoch = math.ceil(fold.train.size / batch_size)
-    preview = np.arange(min(cfg.preview_count, fold.train.size))
+    preview = np.arange(min(cfg.train.preview_count, fold.train.size))
     monitor = build_monitor(run_dir, cfg.monitor)
     epoch_losses: dict[str, float] = {}
     try:
@@ -122,15 +119,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             order = rng.permutation(fold.train.size)
             model.train()
             sums = dict.fromkeys(LOSS_NAMES, 0.0)
-            bar = tqdm(range(steps_per_epoch), desc=f"pix2pix epoch {epoch}/{total_epochs}", leave=False,
-                       mininterval=2)
+            bar = progress(range(steps_per_epoch), desc=f"pix2pix epoch {epoch}/{total_epochs}", mininterval=2)
             for step in bar:
                 model.set_input(*make_batch(fold, brains, order[step * batch_size:(step + 1) * batch_size], rng))
                 losses = model.optimize_parameters()
                 global_step = (epoch - 1) * steps_per_epoch + step + 1
                 check_finite(losses, f"pix2pix epoch {epoch} step {global_step}", run_dir.checkpoints)
                 sums = {name: sums[name] + losses[name] for name in LOSS_NAMES}
-                if global_step % cfg.log_every == 0:
+                if global_step % cfg.train.log_every == 0:
                     monitor.scalars("train", epoch, global_step, losses)
                 bar.set_postfix(G_L1=f"{losses['G_L1']:.3f}", D_fake=f"{losses['D_fake']:.3f}", refresh=False)
             epoch_losses = {name: total / steps_per_epoch for name, total in sums.items()}
@@ -140,9 +136,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             fakes = generate(model.netG, conditions, device=device, amp=cfg.amp)
             monitor.image("train", epoch, global_step, "condition-real-fake",
                           comparison_grid(conditions, fold.data.images[fold.train[preview]], fakes))
-            save_checkpoint(epoch_checkpoint_path(run_dir.checkpoints, epoch),
-                            {**model.state_dict(), "epoch": epoch, "elapsed": run_dir.elapsed(), "arch": arch})
-            prune_checkpoints(run_dir.checkpoints, keep=cfg.keep_checkpoints)
+            save_training_checkpoint(run_dir.checkpoints, model, arch, epoch=epoch, elapsed=run_dir.elapsed(),
+                                     keep=cfg.train.keep_checkpoints)
             log.info("epoch %d/%d: %s, lr %.2e", epoch, total_epochs,
                      ", ".join(f"{k} {v:.4f}" for k, v in epoch_losses.items()), lr)
     finally:
@@ -150,15 +145,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return _finish(cfg, model, fold, run_dir, arch, device, total_epochs, epoch_losses)
 
 
-def _resume(model: Pix2Pix, run_dir: RunDir, path: Any, arch: dict[str, Any]) -> int:
+def _resume(model: Pix2Pix, run_dir: RunDir, path: Path, arch: dict[str, Any]) -> int:
     """Load ``path`` into ``model``, drop metrics written after it, and return its epoch."""
-    state = load_checkpoint(path)
-    if state.get("arch") != arch:
-        raise CheckpointError(f"checkpoint {path} was trained with generator {state.get('arch')}, but this "
-                              f"config asks for {arch}; use another run_dir= or the original settings")
-    model.load_state_dict(state, source=str(path))
-    epoch = int(state["epoch"])
-    run_dir.resumed_elapsed = float(state["elapsed"])
+    epoch, run_dir.resumed_elapsed = load_training_checkpoint(path, model, arch)
     run_dir.rewind_metrics(lambda record: record.get("epoch", 0) <= epoch)
     log.info("resumed %s at epoch %d", path, epoch)
     return epoch
@@ -168,13 +157,12 @@ def _finish(cfg: DictConfig, model: Pix2Pix, fold: FoldData, run_dir: RunDir, ar
             device: torch.device, total_epochs: int, epoch_losses: dict[str, float]) -> dict[str, Any]:
     """Write ``generator.pt``, the quality report (validation patients) and ``summary.json``."""
     generator_path = run_dir.path / GENERATOR_FILE
-    save_checkpoint(generator_path, {"G": model.netG.state_dict(), "arch": arch, "epoch": total_epochs,
-                                     "fold": fold.fold, "folds_file": fold.folds_file,
-                                     "data_fingerprint": fold.data.fingerprint})
+    save_generator(generator_path, model.netG, arch, epoch=total_epochs, fold=fold.fold, folds_file=fold.folds_file,
+                   data_fingerprint=fold.data.fingerprint)
     quality = None
     if fold.val.size:
         quality = quality_report(model.netG, fold.data.subset(fold.val), run_dir.path, device=device,
-                                 batch_size=cfg.optim.batch_size * 4, amp=cfg.amp)
+                                 batch_size=cfg.train.batch_size * 4, amp=cfg.amp)
     if not epoch_losses:  # resumed a finished run: report its last epoch's losses
         epoch_records = [r for r in run_dir.read_metrics() if r.get("phase") == "epoch"]
         epoch_losses = epoch_records[-1]["values"] if epoch_records else {}
@@ -206,4 +194,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    sys.argv = [sys.argv[0], *rename_legacy_overrides(sys.argv[1:])]
     main()

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Train the pix2pix generator of one fold (or reuse checkpoint=PATH), then write its synthetic shards.
 #
-#   ./scripts/synthesize.sh [data.root=PATH] [fold=0|null] [data.image_size=128] [epochs=3] [epochs_decay=3]
-#                           [count=7000] [proportions=balanced|real] [out=DIR] [checkpoint=PATH] [key=value ...]
+#   ./scripts/synthesize.sh [data.root=PATH] [fold=0|null] [data.image_size=128] [train.epochs=3]
+#                           [train.epochs_decay=3] [count=7000] [proportions=balanced|real] [out=DIR]
+#                           [checkpoint=PATH] [key=value ...]
 #
-# Keys go to the step that owns them: count, proportions, out, shard_size, overwrite, stochastic,
-# checkpoint and augment.* to synthesis; data.*, fold, seed, device, amp and run_dir to both;
-# everything else (epochs, net.*, optim.*, monitor.*, resume, ...) to training.
+# Each key goes to the step whose config defines it (python -m generative_model.route): train.*, net.*,
+# loss.*, monitor.* and resume to training; count, proportions, out, batch_size (the synthesis batch),
+# checkpoint, augment.* ... to synthesis; keys both define (data.*, fold, seed, device, amp, run_dir) to
+# both. A key neither defines is refused; old key names (epochs=, optim.lr=, ...) warn and are renamed.
 # Training resumes its run directory, and synthesis its shard folder, so re-running finishes a killed job.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,22 +16,19 @@ bash scripts/setup.sh >/dev/null
 # shellcheck disable=SC1091
 . .venv/bin/activate
 
+routes=$(python -m generative_model.route "$@")
 train_args=(resume=true)
 synth_args=()
-checkpoint=""
-for arg in "$@"; do
-  case "$arg" in
-    checkpoint=*) checkpoint=${arg#checkpoint=} ;;
-    count=* | proportions=* | out=* | shard_size=* | overwrite=* | stochastic=* | augment.*) synth_args+=("$arg") ;;
-    data.* | fold=* | seed=* | device=* | amp=* | run_dir=*) train_args+=("$arg"); synth_args+=("$arg") ;;
-    *=*) train_args+=("$arg") ;;
-    *) echo "synthesize.sh: expected key=value overrides, got '$arg'" >&2; exit 2 ;;
+checkpoint=false
+while IFS=$'\t' read -r step arg; do
+  case "$step" in
+    train) train_args+=("$arg") ;;
+    synthesize) synth_args+=("$arg") ;;
   esac
-done
+  case "$arg" in checkpoint=*) checkpoint=true ;; esac
+done <<<"$routes"
 
-if [ -z "$checkpoint" ]; then
+if [ "$checkpoint" = false ]; then
   python generative_model/train.py "${train_args[@]}"
-else
-  synth_args+=("checkpoint=$checkpoint")
 fi
 python generative_model/synthesize.py "${synth_args[@]}"

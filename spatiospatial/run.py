@@ -1,11 +1,12 @@
 """Train, select and test a 3D video ResNet on NIfTI volumes (HGG / LGG / healthy).
 
-    python spatiospatial/run.py [model=mc3_18] [data.root=PATH] [training.batch_size=2]
+    python spatiospatial/run.py [model=mc3_18] [data.root=PATH] [train.batch_size=2]
     python spatiospatial/run.py data=brats_ixi data.root=/data/brats_ixi data.modality=flair
-    python spatiospatial/run.py -m training.batch_size=2,5,10
+    python spatiospatial/run.py -m train.batch_size=2,5,10
     torchrun --nproc_per_node=2 spatiospatial/run.py model=r2plus1d_18
 
-Volumes are scanned, preprocessed once into the cache and split by subject (``runs/splits/*.json``).
+Volumes (by default the embedded 3D sample) are scanned, preprocessed once into the cache and split by
+subject (``data.splits_dir``, ``runs/splits/volumes-*.json``).
 The shared engine trains with per-epoch checkpoints and exact resume, selects the epoch with the best
 validation macro-F1 and evaluates it once on the test subjects. The run directory receives
 ``config.yaml``, ``metrics.jsonl``, ``checkpoints/`` and ``summary.json`` (written last: a run with a
@@ -14,8 +15,7 @@ summary is finished and is not rerun), which records parameters and forward FLOP
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Iterator
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +25,10 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
-from datasets.figshare import default_cache_dir
+from datasets.augment import volume_augmentation
+from datasets.core import default_cache_dir
 from datasets.volume_splits import load_or_make_split, split_records
 from datasets.volumes import (
     CLASS_NAMES,
@@ -38,40 +39,25 @@ from datasets.volumes import (
     scan_volumes,
 )
 from experiment import config as experiment_config
+from experiment.batches import TrainBatches, eval_batches
 from experiment.checkpoint import load_checkpoint, load_model_state
 from experiment.device import describe
-from experiment.distributed import barrier, cleanup, is_main_process, rank, setup_device
+from experiment.distributed import barrier, cleanup, is_main_process, rank, setup_device, world_size
 from experiment.engine import FitSettings, evaluate, fit
 from experiment.monitor import Monitor, build_monitor
+from experiment.objectives import CrossEntropyObjective
 from experiment.rundir import RunDir
-from experiment.seeding import seed_worker, torch_generator
 from spatiospatial import config as spatiospatial_config
 from spatiospatial.models import build_model, profile
 
 log = logging.getLogger(__name__)
 
 PHASE = "train"
-FLIP_STREAM = 1
-"""Seed key of the flip augmentation stream (the sampler uses the bare ``(seed, epoch)``)."""
+PHASE_KEY = 1
+"""Seed key of the training phase's sampling, loader and flip streams."""
 
 experiment_config.register()
 spatiospatial_config.register()
-
-
-class CrossEntropyObjective:
-    """Cross-entropy on logits (optionally class-weighted); softmax probabilities as scores."""
-
-    def __init__(self, weight: torch.Tensor | None = None) -> None:
-        self.criterion = nn.CrossEntropyLoss(weight=weight)
-
-    def loss(self, output: torch.Tensor, images: torch.Tensor,
-             targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """Scalar cross-entropy (no named parts)."""
-        return self.criterion(output.float(), targets), {}
-
-    def scores(self, output: torch.Tensor) -> torch.Tensor:
-        """Class probabilities (N, C)."""
-        return output.float().softmax(dim=1)
 
 
 def balanced_class_weights(labels: list[int], num_classes: int) -> torch.Tensor:
@@ -79,40 +65,6 @@ def balanced_class_weights(labels: list[int], num_classes: int) -> torch.Tensor:
     counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
     weights = np.where(counts > 0, counts.sum() / (num_classes * np.maximum(counts, 1)), 0.0)
     return torch.tensor(weights, dtype=torch.float32)
-
-
-def random_flip(images: torch.Tensor, dim: int, generator: torch.Generator) -> torch.Tensor:
-    """Flip each volume of a batch along ``dim`` with probability 1/2 (draws from ``generator``)."""
-    flip = torch.rand(images.shape[0], generator=generator) < 0.5
-    out = images.clone()
-    out[flip] = images[flip].flip(dim)
-    return out
-
-
-class TrainBatches:
-    """``batches(epoch)``: the training batches of one epoch, shuffled and flipped from ``(seed, epoch)``
-    (a resumed run draws what an uninterrupted one would). Under DDP each process reads its shard."""
-
-    def __init__(self, dataset: VolumeDataset, batch_size: int, num_workers: int, seed: int, flip: bool,
-                 distributed: bool) -> None:
-        self.dataset, self.batch_size, self.num_workers = dataset, batch_size, num_workers
-        self.seed, self.flip = seed, flip
-        self.sampler = DistributedSampler(dataset, shuffle=True, seed=seed) if distributed else None
-        self.flip_dim = 2 + dataset.dim_of("x")  # left-right, in (N, C, T, H, W)
-
-    def __len__(self) -> int:
-        """Batches per epoch (of this process)."""
-        return math.ceil(len(self.sampler if self.sampler is not None else self.dataset) / self.batch_size)
-
-    def __call__(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        if self.sampler is not None:
-            self.sampler.set_epoch(epoch)
-        loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=self.sampler,
-                            shuffle=self.sampler is None, generator=torch_generator(self.seed, epoch),
-                            num_workers=self.num_workers, worker_init_fn=seed_worker)
-        flips = torch_generator(self.seed, epoch, FLIP_STREAM, rank())
-        for images, labels in loader:
-            yield (random_flip(images, self.flip_dim, flips) if self.flip else images), labels
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -137,7 +89,7 @@ def _run(cfg: DictConfig, run_dir: RunDir, device: torch.device, distributed: bo
         barrier()  # the main process fills the cache and writes the split first
     scan = prepare_volumes(scan_volumes(data.root, data.layout, data.modality, data.strict), spec, cache_dir,
                            data.strict)
-    manifest, split_path = load_or_make_split(scan, data.splits_dir, data.seed, data.val_fraction,
+    manifest, split_path = load_or_make_split(scan, data.splits_dir, data.split_seed, data.val_fraction,
                                               data.test_fraction)
     if is_main_process():
         barrier()
@@ -159,27 +111,28 @@ def _run(cfg: DictConfig, run_dir: RunDir, device: torch.device, distributed: bo
              cost["forward_flops"] / 1e9)
     model.to(device)
     trained: nn.Module = DistributedDataParallel(model) if distributed else model
-    train_labels = [r.label for r in parts["train"].records]
-    weight = balanced_class_weights(train_labels, len(CLASS_NAMES)) if cfg.training.class_weights else None
-    objective = CrossEntropyObjective(None if weight is None else weight.to(device))
-    optimizer = torch.optim.AdamW(trained.parameters(), lr=cfg.training.lr, weight_decay=cfg.training.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.training.epochs)
-    batches = TrainBatches(parts["train"], cfg.training.batch_size, cfg.training.num_workers, cfg.seed,
-                           cfg.training.flip, distributed)
+    train, train_labels = cfg.train, [r.label for r in parts["train"].records]
+    objective = CrossEntropyObjective(balanced_class_weights(train_labels, len(CLASS_NAMES))
+                                      if train.class_weights else None)
+    optimizer = torch.optim.AdamW(trained.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=train.epochs)
+    flip = volume_augmentation(2 + parts["train"].dim_of("x")) if train.flip else None  # x: left-right
+    batches = TrainBatches(parts["train"], train_labels, train.batch_size, cfg.seed, key=PHASE_KEY,
+                           augmentation=flip, rank=rank(), world_size=world_size(), num_workers=train.num_workers,
+                           drop_last=False)
     val_loader = _eval_loader(parts["val"], cfg) if len(parts["val"]) else None
     monitor = build_monitor(run_dir, cfg.monitor) if is_main_process() else Monitor(run_dir)
     try:
-        settings = FitSettings(phase=PHASE, epochs=cfg.training.epochs, seed=cfg.seed,
-                               patience=cfg.training.patience, amp=cfg.training.amp,
-                               cpu_bf16=cfg.training.cpu_bf16, grad_clip=cfg.training.grad_clip,
-                               keep_checkpoints=cfg.training.keep_checkpoints)
+        settings = FitSettings(phase=PHASE, epochs=train.epochs, seed=cfg.seed, patience=train.patience,
+                               amp=cfg.amp, cpu_bf16=cfg.cpu_bf16, grad_clip=train.grad_clip,
+                               keep_checkpoints=train.keep_checkpoints)
         result = fit(trained, objective, optimizer, scheduler, batches, val_loader, settings, run_dir, monitor,
                      device, CLASS_NAMES)
         if not is_main_process():
             return {}
         load_model_state(model, load_checkpoint(result.best_path)["model"], str(result.best_path))
         test, _, _ = evaluate(model, objective, _eval_loader(parts["test"], cfg), device, CLASS_NAMES,
-                              cfg.training.amp, cfg.training.cpu_bf16)
+                              cfg.amp, cfg.cpu_bf16)
         step = result.epochs_run * len(batches)
         run_dir.rewind_metrics(lambda r: r.get("phase") != "test")
         monitor.scalars("test", result.best_epoch, step, {"loss": test["loss"], "accuracy": test["accuracy"],
@@ -201,8 +154,7 @@ def _run(cfg: DictConfig, run_dir: RunDir, device: torch.device, distributed: bo
 
 
 def _eval_loader(dataset: VolumeDataset, cfg: DictConfig) -> DataLoader:
-    return DataLoader(dataset, batch_size=cfg.training.batch_size, shuffle=False,
-                      num_workers=cfg.training.num_workers, worker_init_fn=seed_worker)
+    return eval_batches(dataset, cfg.train.batch_size, cfg.train.num_workers)
 
 
 @hydra.main(config_path="configs", config_name="config", version_base=None)
@@ -216,4 +168,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    sys.argv = [sys.argv[0], *experiment_config.rename_legacy_overrides(sys.argv[1:])]
     main()

@@ -1,4 +1,5 @@
-"""Shared test fixtures: an isolated preprocessing cache and paths to the real shared data."""
+"""Shared test fixtures: an isolated preprocessing cache, paths to the real shared data, and no skips in CI
+(``CI=true``, or ``CI_REQUIRE_SHARED_DATA`` set: a skipped test is reported as failed)."""
 from __future__ import annotations
 
 import os
@@ -28,10 +29,41 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
+def skips_forbidden() -> str:
+    """The setting that forbids skipping (``CI=true`` as CI services set it, or ``CI_REQUIRE_SHARED_DATA``), or ""."""
+    if os.environ.get("CI", "").lower() in ("true", "1"):
+        return "CI=true"
+    return "CI_REQUIRE_SHARED_DATA" if os.environ.get("CI_REQUIRE_SHARED_DATA") else ""
+
+
 def require_shared(path: Path) -> Path:
-    """Return ``path`` under ../shared/data; skip loudly when absent, fail when CI requires it."""
+    """Return ``path`` under ../shared/data; skip loudly when absent, fail instead where skips are forbidden."""
     if not path.exists():
-        if os.environ.get("CI_REQUIRE_SHARED_DATA"):
-            pytest.fail(f"CI_REQUIRE_SHARED_DATA is set but {path} is missing")
+        if setting := skips_forbidden():
+            pytest.fail(f"shared data missing: {path} ({setting}: tests that need ../shared/data must run)")
         pytest.skip(f"shared data not present: {path}")
     return path
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[pytest.TestReport]:
+    """Where skips are forbidden, report a skipped test (not an expected failure) as failed."""
+    report = yield
+    _fail_if_skipped(report)
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[pytest.CollectReport]:
+    """The same for a module skipped while collecting (``pytest.importorskip``, ``allow_module_level``)."""
+    report = yield
+    _fail_if_skipped(report)
+    return report
+
+
+def _fail_if_skipped(report: pytest.TestReport | pytest.CollectReport) -> None:
+    setting = skips_forbidden()
+    if report.skipped and setting and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped, but {setting} forbids skipping: {reason}"

@@ -4,8 +4,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from capsule_classifier import build_model, build_objective
+from capsule_classifier import (
+    BASELINE,
+    BASELINE_RATIO,
+    build_model,
+    build_objective,
+    model_entry,
+    parameter_counts,
+)
 from capsule_classifier.capsnet import ClassCapsules, margin_loss, squash
+from experiment.objectives import CrossEntropyObjective
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -90,3 +98,19 @@ def test_capsnet_overfits_a_tiny_batch() -> None:
         predictions = objective.scores(model(images)).argmax(1)
     assert losses[-1] < 0.5 * losses[0]
     assert torch.equal(predictions, targets)
+
+
+def test_registry_holds_each_models_facts() -> None:
+    capsnet = build_model("capsnet", image_size=64)
+    counts = parameter_counts(capsnet, "capsnet", 64, 3)
+    decoder = sum(p.numel() for p in capsnet.decoder.parameters())
+    assert counts["model"] - counts["model_without_decoder"] == decoder > 0  # training-only parts left out
+    assert counts[BASELINE_RATIO] == round(counts[BASELINE] / counts["model_without_decoder"], 2) > 9
+    with torch.device("meta"):
+        baseline = build_model(BASELINE, image_size=64)
+    own = parameter_counts(baseline, BASELINE, 64, 3)
+    assert own["model"] == own["model_without_decoder"] == own[BASELINE] and own[BASELINE_RATIO] == 1.0
+    assert model_entry("resnet50").init_only_kwargs == ("weights",) and model_entry("capsnet").init_only_kwargs == ()
+    assert isinstance(build_objective("resnet50", label_smoothing=0.1), CrossEntropyObjective)
+    with pytest.raises(ValueError, match="unknown model 'vgg'"):
+        build_objective("vgg")

@@ -1,13 +1,11 @@
-"""datasets.augment: deterministic transforms, seeded random twins, and the training batches that use them."""
+"""datasets.augment: deterministic transforms and their seeded random twins, for slice and volume batches."""
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 
-from capsule_classifier.data import EvalBatches, TrainBatches
 from datasets.augment import (
     Affine,
     Flip,
@@ -16,6 +14,7 @@ from datasets.augment import (
     RandScaleShiftIntensity,
     ScaleShiftIntensity,
     slice_augmentation,
+    volume_augmentation,
 )
 
 
@@ -29,6 +28,25 @@ def test_flip_selected_samples_only() -> None:
     assert torch.equal(out[0], images[0].flip(-1)) and torch.equal(out[1], images[1])
     with pytest.raises(ValueError, match="axis"):
         Flip("diagonal")
+
+
+def test_flip_volumes_along_a_dimension() -> None:
+    volumes = torch.rand(2, 1, 3, 4, 5, generator=torch.Generator().manual_seed(1))
+    out = Flip(3)(volumes, torch.tensor([False, True]))
+    assert torch.equal(out[0], volumes[0]) and torch.equal(out[1], volumes[1].flip(2))
+    with pytest.raises(ValueError, match="spatial dimension"):
+        Flip(1)
+    with pytest.raises(ValueError, match="cannot flip dimension 5"):
+        Flip(5)(volumes)
+    with pytest.raises(ValueError, match="float batch"):
+        Flip(2)(torch.zeros(2, 1, 3, 4, 5, 6))
+    with pytest.raises(ValueError, match=r"float batch \(N, C, H, W\), got \(2, 1, 3, 4, 5\)"):
+        Affine()(volumes)  # only flips handle volumes
+    first, second = volume_augmentation(4), volume_augmentation(4)
+    first.reseed(0, 1)
+    second.reseed(0, 1)
+    batch = torch.rand(16, 1, 2, 2, 3)
+    assert torch.equal(first(batch), second(batch)) and not torch.equal(first(batch), batch)
 
 
 def test_affine_identity_and_quarter_turn() -> None:
@@ -64,27 +82,3 @@ def test_random_twins_validate_arguments() -> None:
         RandAffine(scale=1.2)
     with pytest.raises(ValueError):
         RandScaleShiftIntensity(shift=-0.1)
-
-
-def test_train_batches_seeded_balanced_and_sharded() -> None:
-    labels = np.array([0] * 40 + [1] * 8 + [2] * 16)
-    images = np.random.default_rng(0).integers(0, 255, (64, 16, 16), dtype=np.uint8)
-    batches = TrainBatches(images, labels, batch_size=8, seed=3, balanced=True, augmentation=slice_augmentation())
-    a, b = list(batches(1)), list(batches(1))
-    assert all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(a, b, strict=True))
-    assert not np.array_equal(batches.indices(1), batches.indices(2))
-    drawn = np.concatenate([batches.indices(e) for e in range(1, 30)])
-    shares = np.bincount(labels[drawn], minlength=3) / drawn.size
-    assert np.allclose(shares, 1 / 3, atol=0.05)  # balanced despite 40/8/16
-    ranks = [TrainBatches(images, labels, 8, seed=3, rank=r, world_size=2).indices(4) for r in (0, 1)]
-    assert len(ranks[0]) == len(ranks[1]) == 32
-    assert sorted(np.concatenate(ranks).tolist()) == list(range(64))
-    with pytest.raises(ValueError, match="fewer than one batch"):
-        TrainBatches(images[:4], labels[:4], batch_size=8, seed=0)
-
-
-def test_eval_batches_keep_order_without_augmentation() -> None:
-    images = np.arange(5 * 4 * 4, dtype=np.uint8).reshape(5, 4, 4)
-    batches = list(EvalBatches(images, np.arange(5) % 3, batch_size=2))
-    assert [len(y) for _, y in batches] == [2, 2, 1]
-    assert torch.equal(torch.cat([x for x, _ in batches])[:, 0], torch.from_numpy(images).float() / 255)

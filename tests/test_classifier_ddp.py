@@ -18,7 +18,7 @@ def test_two_process_gloo_training(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                str(PROJECT / "capsule_classifier" / "train.py"), "model=capsnet", "fold=0", "data.image_size=32",
                "train.epochs=2", "train.batch_size=16", "train.patience=0", "monitor.visdom=false", "device=cpu",
-               f"out={tmp_path / 'runs'}", f"data.folds_dir={tmp_path / 'folds'}"]
+               f"out={tmp_path / 'runs'}", f"data.splits_dir={tmp_path / 'splits'}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, cwd=PROJECT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

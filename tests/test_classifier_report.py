@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from capsule_classifier.report import ReportError, build_report, find_summaries, main, markdown
-from datasets.figshare import CLASS_NAMES
+from datasets.core import CLASS_NAMES
 from experiment.atomic import atomic_write_json
 from experiment.metrics import classification_metrics
 

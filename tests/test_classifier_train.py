@@ -4,23 +4,29 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig
+from torchvision.models import resnet50 as torchvision_resnet50
 
 from capsule_classifier import train
 from capsule_classifier.capsnet import CapsuleObjective
-from capsule_classifier.data import TrainBatches, load_pretrain_shards
+from capsule_classifier.data import load_pretrain_shards
 from capsule_classifier.deploy import load_classifier
 from datasets.shards import ShardError, write_shards
+from experiment.batches import TrainBatches
 from experiment.checkpoint import load_checkpoint
 from experiment.engine import NonFiniteLossError
 
 CONFIG_DIR = Path(train.__file__).resolve().parent / "configs"
+PROJECT = CONFIG_DIR.parents[1]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -30,7 +36,7 @@ def make_cfg(tmp_path: Path, *overrides: str) -> DictConfig:
     """The entry point's config for a tiny run under ``tmp_path``."""
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
         return compose("train", overrides=[
-            f"out={tmp_path / 'runs'}", f"data.folds_dir={tmp_path / 'folds'}", "data.image_size=32",
+            f"out={tmp_path / 'runs'}", f"data.splits_dir={tmp_path / 'splits'}", "data.image_size=32",
             "monitor.visdom=false", "train.epochs=2", "train.batch_size=16", "train.patience=0",
             "eval_batch_size=64", "device=cpu", *overrides])
 
@@ -48,6 +54,7 @@ def test_fold_writes_a_complete_run_dir_and_is_not_rerun(tmp_path: Path) -> None
     assert summary["data"]["fingerprint"] and Path(summary["folds_file"]).is_file()
     predictions = json.loads((run_dir / "predictions.json").read_text())
     assert len(predictions["file_ids"]) == summary["test"]["n"] == summary["data"]["slices"]["test"]
+    assert len(set(predictions["subjects"])) == summary["data"]["subjects"]["test"] > 0
     assert np.allclose(np.sum(predictions["probabilities"], axis=1), 1.0, atol=1e-4)
     assert predictions["y_pred"] == np.argmax(predictions["scores"], axis=1).tolist()
     accuracy = np.mean(np.array(predictions["y_pred"]) == np.array(predictions["y_true"]))
@@ -151,3 +158,33 @@ def test_pretraining_then_finetuning(tmp_path: Path) -> None:
     assert (Path(cfg.run_dir) / "checkpoints" / "pretrain" / "best.pt").is_file()
     phases = {json.loads(line)["phase"] for line in (Path(cfg.run_dir) / "metrics.jsonl").read_text().splitlines()}
     assert phases == {"pretrain", "finetune"}
+
+
+def test_config_groups_are_typed_and_old_names_still_work(tmp_path: Path) -> None:
+    cfg = make_cfg(tmp_path, "model=resnet50")
+    assert cfg.train.lr == 0.001 and cfg.train.schedule == "cosine"  # the model's budget over the schema
+    assert cfg.pretrain.lr == cfg.train.lr and cfg.augment.flip_prob == 0.5
+    for bad in ("train.schedul=step", "augment.rotate=5", "pretrain.epochs=many"):
+        with pytest.raises(ConfigCompositionException):
+            make_cfg(tmp_path, bad)
+    done = subprocess.run([sys.executable, "capsule_classifier/train.py", "--cfg", "job", "data.folds_dir=OLD"],
+                          cwd=PROJECT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "splits_dir: OLD" in done.stdout
+    assert done.stderr.count("FutureWarning: config key 'data.folds_dir' is now 'data.splits_dir'") == 1
+
+
+def test_resnet50_fold_takes_its_facts_from_the_registry(tmp_path: Path) -> None:
+    weights = tmp_path / "imagenet.pt"
+    torch.save(torchvision_resnet50(weights=None).state_dict(), weights)
+    cfg = make_cfg(tmp_path, "model=resnet50", f"model.kwargs.weights={weights}", "train.epochs=1",
+                   "model.objective.label_smoothing=0.1")
+    summary = train.run(cfg)
+    counts = summary["parameters"]
+    assert counts["model"] == counts["model_without_decoder"] == counts["resnet50"] > 2e7
+    _, meta = load_classifier(Path(cfg.run_dir) / "model.pt")
+    assert meta["model_name"] == "resnet50" and meta["model_kwargs"] == {}  # the ImageNet file is init-only
+    assert summary["model_kwargs"] == {"weights": str(weights)}
+    predictions = json.loads((Path(cfg.run_dir) / "predictions.json").read_text())
+    logits = torch.tensor(predictions["scores"])
+    assert np.allclose(predictions["probabilities"], logits.softmax(1).numpy(), atol=1e-5)

@@ -10,20 +10,11 @@ from torch import nn
 from experiment.device import autocast
 from experiment.engine import FitSettings, NonFiniteLossError, evaluate, fit
 from experiment.monitor import Monitor
+from experiment.objectives import CrossEntropyObjective
 from experiment.rundir import RunDir
 from experiment.seeding import seed_everything, torch_generator
 
 CLASSES = ("a", "b", "c")
-
-
-class CrossEntropy:
-    def loss(self, output, images, targets):
-        loss = nn.functional.cross_entropy(output, targets)
-        return loss, {"ce": loss.item()}
-
-    def scores(self, output):
-        return output.softmax(1)
-
 
 def _data():
     generator = torch.Generator().manual_seed(0)
@@ -49,7 +40,7 @@ def _run(path: Path, epochs: int, patience: int = 0, lr: float = 0.1, cpu_bf16: 
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=6)
     run = RunDir(path)
     train, val = _loaders()
-    result = fit(model, CrossEntropy(), optimizer, scheduler, train, val,
+    result = fit(model, CrossEntropyObjective(), optimizer, scheduler, train, val,
                  FitSettings(phase="train", epochs=epochs, patience=patience, cpu_bf16=cpu_bf16), run, Monitor(run),
                  torch.device("cpu"), CLASSES)
     return model, result, run
@@ -86,7 +77,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path) -> None:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     train, val = _loaders()
     with pytest.raises(NonFiniteLossError, match="non-finite loss"):
-        fit(model, CrossEntropy(), optimizer, None, train, val, FitSettings(phase="other", epochs=1),
+        fit(model, CrossEntropyObjective(), optimizer, None, train, val, FitSettings(phase="other", epochs=1),
             run, Monitor(run), torch.device("cpu"), CLASSES)
     assert sorted((run.checkpoints / "train").iterdir()) == good
     assert not (run.checkpoints / "other").exists() or not any((run.checkpoints / "other").iterdir())
@@ -94,9 +85,10 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path) -> None:
 
 def test_evaluate_reports_metrics(tmp_path: Path) -> None:
     model, _, _ = _run(tmp_path, epochs=4)
-    metrics, y_true, y_score = evaluate(model, CrossEntropy(), _loaders()[1], torch.device("cpu"), CLASSES)
+    metrics, y_true, y_score = evaluate(model, CrossEntropyObjective(), _loaders()[1], torch.device("cpu"), CLASSES)
     assert y_true.shape == (12,) and y_score.shape == (12, 3)
     assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["loss"] > 0
+    assert metrics["accuracy"] == pytest.approx(float((y_score.argmax(1) == y_true).mean()))
 
 
 def test_cpu_bf16_autocast_is_opt_in_and_trains(tmp_path: Path) -> None:

@@ -9,7 +9,6 @@ import onnx
 import pytest
 import torch
 from conftest import SHARED_DATA
-from matfiles import synthetic_slice, write_slice
 from PIL import Image
 
 from capsule_classifier import build_model
@@ -17,7 +16,9 @@ from capsule_classifier.data import to_input
 from capsule_classifier.deploy import load_classifier, save_classifier
 from capsule_classifier.export import ExportError, export, onnx_probabilities, sample_slices
 from capsule_classifier.predict import ModelInputError, Predictor, main, read_slice
-from datasets.figshare import CLASS_NAMES, DataError, SliceRecord, load_figshare
+from datasets.core import CLASS_NAMES, DataError, SliceRecord
+from datasets.fixtures import synthetic_slice, write_slice
+from datasets.slices import load_slices
 from datasets.transforms import preprocess_slice
 from experiment.checkpoint import CheckpointError
 
@@ -48,7 +49,7 @@ def real_slice(tmp_path: Path) -> Path:
     if jpgs:
         return jpgs[0]
     path = tmp_path / "embedded.png"
-    Image.fromarray(load_figshare(None, 128).images[0]).save(path)
+    Image.fromarray(load_slices(None, 128).images[0]).save(path)
     return path
 
 

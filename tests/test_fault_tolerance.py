@@ -14,13 +14,13 @@ from tree_check import unreadable_files
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["model=capsnet", "synthetic=true", "data.image_size=32", "data.k=2",
-        "gan.epochs=1", "gan.epochs_decay=1", "gan.net.ngf=8", "gan.net.ndf=8", "gan.count=60", "gan.shard_size=20",
-        "train.epochs=3", "train.batch_size=16", "pretrain.epochs=1", "monitor.visdom=false"]
+        "gan.train.epochs=1", "gan.train.epochs_decay=1", "gan.net.ngf=8", "gan.net.ndf=8", "gan.count=60",
+        "gan.shard_size=20", "train.epochs=3", "train.batch_size=16", "pretrain.epochs=1", "monitor.visdom=false"]
 KILLS = 4
 
 
 def _command(out: Path, *extra: str) -> list[str]:
-    return ["bash", "scripts/cross_validate.sh", *TINY, f"out={out}", f"data.folds_dir={out}/folds", *extra]
+    return ["bash", "scripts/cross_validate.sh", *TINY, f"out={out}", f"data.splits_dir={out}/folds", *extra]
 
 
 def _run_to_end(out: Path, env: dict[str, str], *extra: str) -> None:

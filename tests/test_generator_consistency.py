@@ -12,7 +12,7 @@ from capsule_classifier import build_model
 from capsule_classifier.data import to_input
 from capsule_classifier.deploy import load_classifier, save_classifier
 from capsule_classifier.export import export
-from datasets.figshare import CLASS_NAMES
+from datasets.core import CLASS_NAMES
 from datasets.shards import write_shards
 from generative_model.consistency import RESULT_FILE, shard_consistency
 

@@ -13,27 +13,27 @@ from omegaconf import DictConfig
 
 import generative_model
 from datasets import shards
-from datasets.figshare import EMBEDDED_SAMPLE, DataError
+from datasets.core import EMBEDDED_SAMPLE, DataError
 from datasets.shards import ShardError, read_shards
 from experiment.atomic import atomic_open
 from experiment.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from experiment.engine import NonFiniteLossError
 from experiment.rundir import RunDir, RunDirConflict
-from generative_model import synthesize, train
+from generative_model import checkpoint, synthesize, train
+from generative_model.checkpoint import GENERATOR_FILE
 from generative_model.folds import load_fold_data
 from generative_model.pix2pix import Pix2Pix
 
 CONFIGS = Path(generative_model.__file__).parent / "configs"
-TINY = {"train": ["data.image_size=32", "net.ngf=8", "net.ndf=8", "monitor.visdom=false", "optim.batch_size=8"],
+TINY = {"train": ["data.image_size=32", "net.ngf=8", "net.ndf=8", "monitor.visdom=false", "train.batch_size=8"],
         "synthesize": ["data.image_size=32", "batch_size=8"]}
-
-
-SERIES_PER_CLASS = 8
+ONE_EPOCH = ("train.epochs=1", "train.epochs_decay=0")
+SUBJECTS_PER_CLASS = 9  # the fewest for 7 patient-wise folds and a validation share in each
 
 
 def make_cfg(name: str, base: Path, *overrides: str) -> DictConfig:
     """Compose ``configs/<name>.yaml`` with tiny settings, the small bundle and every path under ``base``."""
-    paths = [f"data.root={base / 'small.npz'}", f"data.folds_dir={base / 'folds'}",
+    paths = [f"data.root={base / 'small.npz'}", f"data.splits_dir={base / 'splits'}",
              f"data.cache_dir={base / 'cache'}"]
     with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
         return compose(config_name=name, overrides=[*TINY[name], *paths, *overrides])
@@ -47,25 +47,28 @@ def write_subset(source: Path, target: Path, keep: np.ndarray) -> None:
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder holding ``small.npz``: the first series of each class of the embedded sample."""
+    """A folder holding ``small.npz``: the patients with the fewest slices of each class of the embedded sample."""
     folder = tmp_path_factory.mktemp("generator")
     with np.load(EMBEDDED_SAMPLE) as sample:
-        series, labels = sample["series"], sample["label"]
-    chosen = [s for c in (1, 2, 3) for s in np.unique(series[labels == c])[:SERIES_PER_CLASS]]
-    write_subset(EMBEDDED_SAMPLE, folder / "small.npz", np.isin(series, chosen))
+        subjects, labels = sample["subject"], sample["label"]
+    chosen = []
+    for label in (1, 2, 3):
+        ids, counts = np.unique(subjects[labels == label], return_counts=True)
+        chosen.extend(ids[np.argsort(counts, kind="stable")[:SUBJECTS_PER_CLASS]])
+    write_subset(EMBEDDED_SAMPLE, folder / "small.npz", np.isin(subjects, chosen))
     return folder
 
 
 def steps_per_epoch(cfg: DictConfig) -> int:
-    return math.ceil(load_fold_data(cfg.data, cfg.fold).train.size / cfg.optim.batch_size)
+    return math.ceil(load_fold_data(cfg.data, cfg.fold).train.size / cfg.train.batch_size)
 
 
 @pytest.fixture(scope="module")
 def trained(base: Path) -> Path:
     """A generator trained for one epoch on fold 0 (shared by the synthesis tests)."""
     run_dir = base / "trained"
-    train.run(make_cfg("train", base, "epochs=1", "epochs_decay=0", f"run_dir={run_dir}"))
-    return run_dir / train.GENERATOR_FILE
+    train.run(make_cfg("train", base, *ONE_EPOCH, f"run_dir={run_dir}"))
+    return run_dir / GENERATOR_FILE
 
 
 def synth_cfg(base: Path, checkpoint: Path, out: Path, *overrides: str) -> DictConfig:
@@ -89,17 +92,17 @@ def test_training_writes_run_directory(trained: Path) -> None:
 
 
 def test_resume_after_interruption_equals_uninterrupted_run(base: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    settings = ["epochs=1", "epochs_decay=1"]
+    settings = ["train.epochs=1", "train.epochs_decay=1"]
     train.run(make_cfg("train", base, *settings, f"run_dir={base / 'straight'}"))
 
     def killed(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt("killed after the first checkpoint")
 
     with monkeypatch.context() as patch:
-        patch.setattr(train, "prune_checkpoints", killed)
+        patch.setattr(checkpoint, "prune_checkpoints", killed)
         with pytest.raises(KeyboardInterrupt):
             train.run(make_cfg("train", base, *settings, f"run_dir={base / 'resumed'}"))
-    assert not (base / "resumed" / train.GENERATOR_FILE).exists()
+    assert not (base / "resumed" / GENERATOR_FILE).exists()
     with pytest.raises(FileExistsError, match="resume=true"):
         train.run(make_cfg("train", base, *settings, f"run_dir={base / 'resumed'}"))
     train.run(make_cfg("train", base, *settings, "resume=true", f"run_dir={base / 'resumed'}"))
@@ -116,8 +119,9 @@ def test_resume_after_interruption_equals_uninterrupted_run(base: Path, monkeypa
 
 def test_resume_with_another_architecture_is_refused(base: Path, trained: Path) -> None:
     run_dir = base / "arch"
-    train.run(make_cfg("train", base, "epochs=1", "epochs_decay=0", f"run_dir={run_dir}"))
-    other = make_cfg("train", base, "epochs=2", "epochs_decay=0", "net.ngf=4", "resume=true", f"run_dir={run_dir}")
+    train.run(make_cfg("train", base, *ONE_EPOCH, f"run_dir={run_dir}"))
+    other = make_cfg("train", base, "train.epochs=2", "train.epochs_decay=0", "net.ngf=4", "resume=true",
+                     f"run_dir={run_dir}")
     with pytest.raises(RunDirConflict, match=r"differs in \['net'\]"):
         train.run(other)
     (run_dir / "identity.json").unlink()  # without the run's identity, the checkpoint's arch still guards it
@@ -127,7 +131,7 @@ def test_resume_with_another_architecture_is_refused(base: Path, trained: Path) 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(base: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     run_dir = base / "nan"
-    cfg = make_cfg("train", base, "epochs=2", "epochs_decay=0", f"run_dir={run_dir}")
+    cfg = make_cfg("train", base, "train.epochs=2", "train.epochs_decay=0", f"run_dir={run_dir}")
     first_epoch = steps_per_epoch(cfg)
     real_step = Pix2Pix.optimize_parameters
     calls = {"n": 0}
@@ -141,7 +145,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(base: Path, monkeypatch: 
     with pytest.raises(NonFiniteLossError, match="epoch-0001.pt"):
         train.run(cfg)
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["epoch-0001.pt"]
-    assert not (run_dir / train.GENERATOR_FILE).exists()
+    assert not (run_dir / GENERATOR_FILE).exists()
 
 
 @pytest.mark.parametrize(("override", "error", "match"), [
@@ -163,8 +167,10 @@ def test_empty_root_and_missing_class_are_refused(base: Path) -> None:
     bundle = base / "no_pituitary.npz"
     with np.load(base / "small.npz") as small:
         write_subset(base / "small.npz", bundle, small["label"] != 3)
-    with pytest.raises(DataError, match="pituitary"):
+    with pytest.raises(ValueError, match="pituitary has 0"):  # the patient-wise split needs every class
         train.run(make_cfg("train", base, f"data.root={bundle}", f"run_dir={base / 'bad'}"))
+    with pytest.raises(DataError, match="pituitary"):
+        train.run(make_cfg("train", base, f"data.root={bundle}", "fold=null", f"run_dir={base / 'bad'}"))
 
 
 @pytest.mark.parametrize(("proportions", "expected"), [("balanced", [17, 17, 16]), ("real", None)])

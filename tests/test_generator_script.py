@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from datasets.shards import read_shards
 
@@ -16,17 +17,21 @@ CI_LIMIT_S = 120
 def test_synthesize_script_trains_and_writes_valid_shards(tmp_path: Path) -> None:
     out, run_dir = tmp_path / "shards", tmp_path / "run"
     command = ["bash", str(ROOT / "scripts" / "synthesize.sh"), "data.image_size=32", "net.ngf=8", "net.ndf=8",
-               "epochs=1", "epochs_decay=0", "optim.batch_size=16", "monitor.visdom=false", "count=40",
-               "shard_size=16", "proportions=real", f"out={out}", f"run_dir={run_dir}",
-               f"data.folds_dir={tmp_path / 'folds'}", f"data.cache_dir={tmp_path / 'cache'}"]
+               "epochs=1", "train.epochs_decay=0", "train.batch_size=16", "monitor.visdom=false", "count=40",
+               "shard_size=16", "batch_size=7", "proportions=real", f"out={out}", f"run_dir={run_dir}",
+               f"data.splits_dir={tmp_path / 'splits'}", f"data.cache_dir={tmp_path / 'cache'}"]
     start = time.monotonic()
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=CI_LIMIT_S)
     elapsed = time.monotonic() - start
     assert result.returncode == 0, result.stderr[-3000:]
     assert elapsed < CI_LIMIT_S
+    assert "config key 'epochs' is now 'train.epochs'" in result.stderr  # the old name still works
+    trained = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert trained["train"]["epochs"] == 1 and trained["train"]["batch_size"] == 16 and "batch_size" not in trained
     images, labels, manifest = read_shards(out)
     assert images.shape == (40, 32, 32) and len(manifest["shards"]) == 3
     assert np.bincount(labels, minlength=3).tolist() == manifest["class_counts"]
+    assert manifest["provenance"]["config"]["batch_size"] == 7
     assert (run_dir / "generator.pt").is_file() and (run_dir / "summary.json").is_file()
 
     rerun = subprocess.run([*command, f"checkpoint={run_dir / 'generator.pt'}"], cwd=ROOT, capture_output=True,

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _inspect(tmp_path: Path, *overrides: str) -> str:
     result = subprocess.run([sys.executable, "-m", "datasets.inspect", f"out={tmp_path}",
-                             f"data.folds_dir={tmp_path}/folds", *overrides],
+                             f"data.splits_dir={tmp_path}/folds", *overrides],
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     return result.stdout

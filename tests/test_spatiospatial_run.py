@@ -1,4 +1,5 @@
-"""The 3D entry point end to end on tiny generated volumes: Hydra overrides, resume, multirun."""
+"""The 3D entry point end to end on tiny generated volumes and the embedded sample: Hydra overrides, old names,
+resume, multirun."""
 from __future__ import annotations
 
 import json
@@ -11,6 +12,7 @@ from hydra import compose, initialize_config_dir
 from niftis import make_labels_csv
 
 import spatiospatial.run as spatiospatial_run
+from datasets.core import EMBEDDED_VOLUMES
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "spatiospatial" / "configs"
@@ -19,7 +21,7 @@ CONFIGS = ROOT / "spatiospatial" / "configs"
 def _overrides(tmp_path: Path, data: Path) -> list[str]:
     return [f"data.root={data}", f"data.cache_dir={tmp_path}/cache", f"data.splits_dir={tmp_path}/splits",
             "data.shape=[12,12,12]", "data.spacing=[1.5,1.5,1.5]", f"out={tmp_path}/runs", "monitor.visdom=false",
-            "device=cpu", "training.num_workers=0"]
+            "device=cpu", "train.num_workers=0"]
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +35,8 @@ def _compose(overrides: list[str]):
 
 
 def test_override_run_then_finished_then_resumed(tmp_path: Path, data: Path) -> None:
-    overrides = [*_overrides(tmp_path, data), "model=mc3_18", "data.time_axis=y", "training.epochs=2",
-                 "training.batch_size=3"]
+    overrides = [*_overrides(tmp_path, data), "model=mc3_18", "data.time_axis=y", "train.epochs=2",
+                 "train.batch_size=3"]
     cfg = _compose(overrides)
     summary = spatiospatial_run.run(cfg)
     run_dir = Path(cfg.run_dir)
@@ -51,21 +53,35 @@ def test_override_run_then_finished_then_resumed(tmp_path: Path, data: Path) -> 
 
     assert spatiospatial_run.run(cfg) == summary  # finished: read back, not rerun
     (run_dir / "summary.json").unlink()
-    longer = spatiospatial_run.run(_compose([*overrides, "training.epochs=3"]))
+    longer = spatiospatial_run.run(_compose([*overrides, "train.epochs=3"]))
     assert longer["epochs_run"] == 3
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records if r["kind"] == "scalars" and r["phase"] == "train"] == [1, 2, 3]
     assert sum(r["phase"] == "test" for r in records) == 2  # the test records were replaced, not repeated
 
 
-def test_two_value_multirun(tmp_path: Path, data: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "spatiospatial/run.py", "-m", "training.batch_size=3,6", "model=mc3_18",
-         "training.epochs=1", "training.cpu_bf16=true", *_overrides(tmp_path, data)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300)
+def test_two_value_multirun_under_the_old_names(tmp_path: Path, data: Path) -> None:
+    old = ["training.batch_size=3,6", "training.epochs=1", "training.cpu_bf16=true", "data.seed=0"]
+    result = subprocess.run([sys.executable, "spatiospatial/run.py", "-m", "model=mc3_18", *old,
+                             *_overrides(tmp_path, data)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
+    for key, new in (("training.batch_size", "train.batch_size"), ("training.cpu_bf16", "cpu_bf16"),
+                     ("data.seed", "data.split_seed")):
+        assert result.stderr.count(f"FutureWarning: config key {key!r} is now {new!r}") == 1
     for batch_size in (3, 6):
         run_dir = tmp_path / "runs" / "mc3_18" / f"auto-t1ce-tz-bs{batch_size}-lr0.001-seed0"
         summary = json.loads((run_dir / "summary.json").read_text())
         assert summary["model"] == "mc3_18" and summary["epochs_run"] == 1
         assert f"test accuracy {summary['test']['accuracy']:.4f}" in result.stdout
+
+
+def test_default_data_is_the_embedded_sample(tmp_path: Path) -> None:
+    overrides = [f"data.cache_dir={tmp_path}/cache", f"data.splits_dir={tmp_path}/splits", "data.shape=[16,16,16]",
+                 "data.spacing=[12,12,12]", f"out={tmp_path}/runs", "monitor.visdom=false", "device=cpu",
+                 "model=mc3_18", "train.epochs=1"]
+    cfg = _compose(overrides)
+    assert cfg.data.root is None and cfg.train.flip and cfg.data.val_fraction == 0.2
+    summary = spatiospatial_run.run(cfg)
+    assert Path(summary["data_root"]) == EMBEDDED_VOLUMES
+    assert sum(map(sum, summary["volumes"].values())) == 10 and summary["test"]["n"] >= 2
+    assert Path(summary["split"]).parent == tmp_path / "splits"

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from datasets.figshare import CLASS_NAMES
+from datasets.core import CLASS_NAMES
 from experiment.metrics import classification_metrics
 from experiment.monitor import Monitor
 from experiment.visdom_sink import connect
