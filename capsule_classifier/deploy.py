@@ -1,10 +1,15 @@
 """The deployable classifier checkpoint (``model.pt``) and a probabilities head for export and prediction.
 
 ``model.pt`` holds the selected weights plus everything needed to rebuild and feed the model:
-model name and builder arguments, image size and class names. It is loaded with ``weights_only=True``.
+model name and builder arguments, image size and class names. It is loaded with ``weights_only=True``, and
+its metadata is checked before anything is built: a supported image size, a list of class names, builder
+arguments that are plain numbers. A model file carries its weights: builder arguments that only initialise
+weights from another file (``ModelEntry.init_only_kwargs``) are dropped, never followed.
 """
 from __future__ import annotations
 
+import json
+import logging
 import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -12,13 +17,45 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from capsule_classifier import build_model, build_objective
+from capsule_classifier import build_model, build_objective, model_entry
+from datasets.core import IMAGE_SIZES, check_allocation
 from experiment.checkpoint import CheckpointError, load_checkpoint, load_model_state, save_checkpoint
+from experiment.errors import UserError
 
 if TYPE_CHECKING:
     from experiment.engine import Objective
 
+log = logging.getLogger(__name__)
+
 REQUIRED_KEYS = ("model", "model_name", "model_kwargs", "image_size", "class_names")
+MAX_CLASSES = 1000
+
+
+class ModelInputError(UserError, ValueError):
+    """A model file whose metadata or input does not match a classifier export (the message names the file)."""
+
+
+def check_image_size(value: Any, source: str | os.PathLike) -> int:
+    """``value`` (an int, or its decimal text in ONNX metadata) as one of :data:`datasets.core.IMAGE_SIZES`."""
+    if isinstance(value, str) and value.isascii() and value.isdecimal() and len(value) <= 6:
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value not in IMAGE_SIZES:
+        raise ModelInputError(f"{source}: image_size {value!r} is not one of the supported sizes {IMAGE_SIZES}")
+    return value
+
+
+def check_class_names(value: Any, source: str | os.PathLike) -> list[str]:
+    """``value`` (a list, or its JSON text in ONNX metadata) as a list of distinct, non-empty class names."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise ModelInputError(f"{source}: class_names is not JSON ({value[:40]!r})") from None
+    if (not isinstance(value, (list, tuple)) or not 2 <= len(value) <= MAX_CLASSES
+            or not all(isinstance(name, str) and name.strip() for name in value) or len(set(value)) != len(value)):
+        raise ModelInputError(f"{source}: class_names must be a list of 2 to {MAX_CLASSES} distinct names, "
+                              f"got {str(value)[:60]}")
+    return list(value)
 
 
 class ProbabilityModel(nn.Module):
@@ -44,18 +81,45 @@ def load_classifier(path: str | os.PathLike) -> tuple[ProbabilityModel, dict[str
 
     Raises:
         CheckpointError: missing or corrupt file, a checkpoint that is not a classifier, or mismatched weights.
+        ModelInputError: an unsupported image size, bad class names, an unknown model or builder arguments
+            that are not plain numbers or that the model does not take.
     """
     state = load_checkpoint(path)
     missing = [key for key in REQUIRED_KEYS if key not in state]
     if missing:
         raise CheckpointError(f"{path} is not a classifier checkpoint (model.pt from capsule_classifier/train.py): "
                               f"it lacks {missing}")
+    meta = {key: value for key, value in state.items() if key != "model"}
+    meta["image_size"] = check_image_size(state["image_size"], path)
+    meta["class_names"] = check_class_names(state["class_names"], path)
+    meta["model_kwargs"] = _builder_kwargs(path, state["model_name"], state["model_kwargs"])
+    arguments = {"num_classes": len(meta["class_names"]), "image_size": meta["image_size"], **meta["model_kwargs"]}
     try:
-        model = build_model(state["model_name"], num_classes=len(state["class_names"]),
-                            image_size=state["image_size"], **state["model_kwargs"])
+        with torch.device("meta"):  # the size of the model, before any memory is allocated
+            size = sum(p.numel() * p.element_size() for p in build_model(state["model_name"], **arguments).parameters())
+        check_allocation(size, f"{path}: model {state['model_name']!r}")
+        model = build_model(state["model_name"], **arguments)
     except (TypeError, ValueError) as error:
-        raise CheckpointError(f"{path}: cannot rebuild model {state['model_name']!r}: {error}") from error
+        raise ModelInputError(f"{path}: cannot rebuild model {state['model_name']!r}: {error}") from error
     load_model_state(model, state["model"], str(path))
     classifier = ProbabilityModel(model, build_objective(state["model_name"])).eval()
-    meta = {key: value for key, value in state.items() if key != "model"}
     return classifier, meta
+
+
+def _builder_kwargs(path: str | os.PathLike, name: Any, kwargs: Any) -> dict[str, Any]:
+    """The builder arguments of a saved model: plain numbers or booleans; weight-initialising ones dropped."""
+    try:
+        init_only = model_entry(name).init_only_kwargs
+    except (TypeError, ValueError) as error:
+        raise ModelInputError(f"{path}: {error}") from error
+    if not isinstance(kwargs, dict) or not all(isinstance(key, str) for key in kwargs):
+        raise ModelInputError(f"{path}: model_kwargs must be a dict of named arguments, got {str(kwargs)[:60]}")
+    dropped = sorted(key for key in kwargs if key in init_only and kwargs[key] is not None)
+    if dropped:
+        log.warning("%s: ignoring %s: a model file carries its weights; paths inside it are not followed",
+                    path, {key: kwargs[key] for key in dropped})
+    kept = {key: value for key, value in kwargs.items() if key not in init_only}
+    plain = (bool, int, float)
+    if not all(isinstance(value, plain) or value is None for value in kept.values()):
+        raise ModelInputError(f"{path}: model_kwargs {str(kept)[:80]} must be numbers, booleans or null")
+    return kept

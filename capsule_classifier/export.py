@@ -6,7 +6,8 @@ The ONNX graph (opset 17, TorchScript exporter) maps float32 ``image`` ``(batch,
 intensities in [0, 1] (the training preprocessing, uint8 / 255) to ``probabilities`` ``(batch, C)``;
 the batch axis is dynamic. Model name, image size and class names travel in the ONNX metadata. The
 export is checked with onnxruntime on real slices of the embedded sample: the largest absolute
-probability difference must stay below ``--tolerance`` (1e-4), else the file is not kept.
+probability difference must stay below ``--tolerance`` (1e-4), else the file is not kept. An expected error
+(a bad checkpoint, a failed parity check) ends with one line and exit code 2; ``--debug`` shows the traceback.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import io
 import json
 import logging
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,8 @@ from capsule_classifier.data import to_input
 from capsule_classifier.deploy import ProbabilityModel, load_classifier
 from datasets.slices import load_slices
 from experiment.atomic import atomic_write_bytes
+from experiment.cli import reports_user_errors, strip_debug_flag
+from experiment.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +39,8 @@ INPUT_NAME, OUTPUT_NAME = "image", "probabilities"
 TOLERANCE = 1e-4
 
 
-class ExportError(RuntimeError):
-    """The ONNX model disagrees with PyTorch beyond the tolerance."""
+class ExportError(UserError, RuntimeError):
+    """The ONNX model disagrees with PyTorch beyond the tolerance (the message names the checkpoint)."""
 
 
 def sample_slices(image_size: int, count: int = 16) -> np.ndarray:
@@ -78,6 +82,7 @@ def export(checkpoint: str | os.PathLike, out: str | os.PathLike, opset: int = O
 
     Raises:
         CheckpointError: a missing, corrupt or non-classifier checkpoint.
+        ModelInputError: a checkpoint whose metadata or builder arguments are not usable.
         ExportError: ONNX and PyTorch probabilities differ by ``tolerance`` or more.
     """
     classifier, meta = load_classifier(checkpoint)
@@ -102,13 +107,14 @@ def export(checkpoint: str | os.PathLike, out: str | os.PathLike, opset: int = O
     return report
 
 
+@reports_user_errors
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", type=Path, help="model.pt written by capsule_classifier/train.py")
     parser.add_argument("--out", type=Path, help="ONNX file (default: model.onnx beside the checkpoint)")
     parser.add_argument("--opset", type=int, default=OPSET)
     parser.add_argument("--tolerance", type=float, default=TOLERANCE)
-    args = parser.parse_args(argv)
+    args = parser.parse_args(strip_debug_flag(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     report = export(args.checkpoint, args.out or args.checkpoint.with_suffix(".onnx"), args.opset, args.tolerance)
     print(json.dumps(report, indent=2))

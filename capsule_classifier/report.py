@@ -17,6 +17,7 @@ import argparse
 import io
 import json
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,33 +26,89 @@ import numpy as np
 from scipy.stats import wilcoxon
 
 from capsule_classifier import BASELINE, BASELINE_RATIO
-from experiment.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from experiment.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text, remove_temporaries
+from experiment.cli import reports_user_errors, strip_debug_flag
+from experiment.errors import UserError
 from experiment.metrics import aggregate_folds
 from experiment.rundir import SUMMARY_FILE
 
+MAX_SUMMARY_BYTES = 16 << 20
+"""A fold summary is a few KB; anything beyond this is not one and is not read."""
+_STATS = ("precision", "recall", "f1")
 
-class ReportError(ValueError):
-    """No fold summaries, or inconsistent ones (the message names the files)."""
+
+class ReportError(UserError, ValueError):
+    """No fold summaries, or malformed or inconsistent ones (the message names the files)."""
 
 
 def find_summaries(runs: Sequence[str | os.PathLike]) -> list[tuple[Path, dict[str, Any]]]:
-    """``(path, summary)`` of every finished fold under ``runs`` (fold dirs or folders holding them)."""
+    """``(path, summary)`` of every finished fold under ``runs`` (fold dirs or folders holding them).
+
+    Raises:
+        ReportError: a missing run path, no summary at all, or one that is unreadable or lacks what the report
+            reads (see :func:`summary_problem`).
+    """
     found: dict[Path, dict[str, Any]] = {}
     for run in map(Path, runs):
         if not run.exists():
             raise ReportError(f"run path does not exist: {run}")
         paths = [run / SUMMARY_FILE] if (run / SUMMARY_FILE).is_file() else sorted(run.rglob(SUMMARY_FILE))
         for path in paths:
-            try:
-                summary = json.loads(path.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as error:
-                raise ReportError(f"{path} is not valid JSON: {error}") from error
-            if not {"model", "fold", "test", "class_names"} <= summary.keys():
-                raise ReportError(f"{path} is not a classifier fold summary (needs model, fold, test, class_names)")
-            found[path.resolve()] = summary
+            found[path.resolve()] = _read_summary(path)
     if not found:
         raise ReportError(f"no {SUMMARY_FILE} found under {[str(r) for r in runs]}")
     return sorted(found.items())
+
+
+def _read_summary(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_SUMMARY_BYTES + 1)
+    except OSError as error:
+        raise ReportError(f"{path} cannot be read: {error}") from error
+    if len(data) > MAX_SUMMARY_BYTES:
+        raise ReportError(f"{path} is over {MAX_SUMMARY_BYTES} bytes: not a fold summary")
+    try:
+        summary = json.loads(data.decode("utf-8"))
+    except ValueError as error:  # not UTF-8, not JSON
+        raise ReportError(f"{path} is not valid JSON: {error}") from error
+    problem = summary_problem(summary)
+    if problem:
+        raise ReportError(f"{path} is not a classifier fold summary: {problem}")
+    return summary
+
+
+def summary_problem(summary: Any) -> str | None:
+    """What keeps ``summary`` from being a fold summary the report can read, or ``None``: it needs ``model``,
+    an integer ``fold``, ``class_names`` and ``test`` metrics (accuracy, macro-F1, per-class precision, recall and
+    F1, a square confusion matrix of counts)."""
+    if not isinstance(summary, dict) or not {"model", "fold", "test", "class_names"} <= summary.keys():
+        return "needs model, fold, test and class_names"
+    names, test = summary["class_names"], summary["test"]
+    if not isinstance(summary["model"], str) or not _integer(summary["fold"]):
+        return "model must be a name and fold an integer"
+    if not (isinstance(names, list) and names and all(isinstance(name, str) for name in names)):
+        return "class_names must be a list of names"
+    if not (isinstance(test, dict) and all(_number(test.get(key)) for key in ("accuracy", "macro_f1"))):
+        return "test must hold numbers accuracy and macro_f1"
+    per_class, matrix = test.get("per_class"), test.get("confusion_matrix")
+    if not (isinstance(per_class, dict) and set(per_class) == set(names) and all(
+            isinstance(row, dict) and all(_number(row.get(stat)) for stat in _STATS) for row in per_class.values())):
+        return "test.per_class must give precision, recall and f1 of every class"
+    if not (isinstance(matrix, list) and len(matrix) == len(names) and all(
+            isinstance(row, list) and len(row) == len(names) and all(map(_integer, row)) for row in matrix)):
+        return f"test.confusion_matrix must be {len(names)}x{len(names)} counts"
+    if not (isinstance(summary.get("parameters", {}), dict) and _number(summary.get("wall_time_s", 0.0) or 0.0)):
+        return "parameters must be an object and wall_time_s a number"
+    return None
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def group_key(summary: dict[str, Any]) -> str:
@@ -64,7 +121,7 @@ def build_report(summaries: Sequence[tuple[Path, dict[str, Any]]]) -> dict[str, 
     """Aggregate fold summaries per setting.
 
     Raises:
-        ReportError: the same fold twice in one setting.
+        ReportError: the same fold twice in one setting, or folds of one setting with other class names.
     """
     groups: dict[str, list[tuple[Path, dict[str, Any]]]] = {}
     for path, summary in summaries:
@@ -79,6 +136,10 @@ def build_report(summaries: Sequence[tuple[Path, dict[str, Any]]]) -> dict[str, 
         members.sort(key=lambda item: item[1]["fold"])
         first = members[0][1]
         class_names = list(first["class_names"])  # JSON objects lose order; the list keeps index order
+        other = [str(p) for p, s in members if s["class_names"] != class_names]
+        if other:
+            raise ReportError(f"setting {key}: {other} name classes other than {class_names} "
+                              f"({members[0][0]}); folds of one setting must share them")
         report["groups"][key] = {
             "model": first["model"], "tag": first.get("tag"), "split": first.get("split"), "k": first.get("k"),
             "image_size": first.get("image_size"), "folds": [s["fold"] for _, s in members],
@@ -192,8 +253,11 @@ def markdown(report: dict[str, Any], details: bool = True) -> str:
 
 
 def write_report(report: dict[str, Any], out: str | os.PathLike) -> list[Path]:
-    """Write Markdown, JSON and the PNG plots to ``out``; return the written paths."""
+    """Write Markdown, JSON and the PNG plots to ``out`` (first removing what killed writes left there); return
+    the written paths."""
     out = Path(out)
+    if out.is_dir():
+        remove_temporaries(out)
     written = [out / "report.md", out / "report.json"]
     atomic_write_text(written[0], markdown(report))
     atomic_write_json(written[1], report)
@@ -264,13 +328,17 @@ def _slug(key: str) -> str:
     return key.replace("/", "_")
 
 
+@reports_user_errors
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="fold run directories or folders holding them")
     parser.add_argument("--out", type=Path, default=Path("runs/classifier/report"), help="output folder")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(strip_debug_flag(sys.argv[1:] if argv is None else argv))
     report = build_report(find_summaries(args.runs))
-    paths = write_report(report, args.out)
+    try:
+        paths = write_report(report, args.out)
+    except OSError as error:
+        raise ReportError(f"cannot write the report to {args.out}: {error}") from error
     print(markdown(report, details=False))
     print(f"wrote {', '.join(str(p) for p in paths)}")
 

@@ -33,14 +33,17 @@ from datasets import config as data_config
 from datasets.augment import slice_augmentation
 from datasets.config import data_identity
 from datasets.core import CLASS_NAMES, SliceSet, fold_count
+from datasets.shards import read_manifest
 from datasets.splits import load_fold
 from experiment import config as experiment_config
 from experiment.atomic import atomic_write_json
 from experiment.batches import TrainBatches, eval_batches
 from experiment.checkpoint import load_checkpoint, load_model_state
+from experiment.cli import hydra_argv, reports_user_errors
 from experiment.device import describe
 from experiment.distributed import barrier, cleanup, is_main_process, rank, setup_device, world_size
 from experiment.engine import FitResult, FitSettings, Objective, evaluate, fit
+from experiment.errors import ConfigError
 from experiment.monitor import Monitor, build_monitor
 from experiment.rundir import RunDir
 from experiment.seeding import seed_everything
@@ -49,6 +52,7 @@ log = logging.getLogger(__name__)
 
 PHASE_KEYS = {"pretrain": 1, "finetune": 2}
 """Seed keys of the two stages' sampling and augmentation streams."""
+SCHEDULES = ("cosine", "step")
 
 
 def pretrain_tag(shards: str | None) -> str:
@@ -82,11 +86,41 @@ def build_scheduler(optimizer: torch.optim.Optimizer, schedule: str, epochs: int
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1))
     if schedule == "step":
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size, gamma=gamma)
-    raise ValueError(f"train.schedule must be 'cosine' or 'step', got {schedule!r}")
+    raise ConfigError(f"train.schedule must be 'cosine' or 'step', got {schedule!r}")
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Refuse settings that cannot work before any data is loaded: ``data.*``, ``train.*`` and ``pretrain.*``
+    (see :func:`datasets.config.check_data`, :func:`experiment.config.check_train`), the schedule, the
+    evaluation batch size, and a ``pretrain.shards`` folder without a valid manifest.
+
+    Raises:
+        ConfigError: naming the key; ShardError: naming the shard folder.
+    """
+    data_config.check_data(cfg.data)
+    experiment_config.check_train(cfg.train)
+    experiment_config.check_train(cfg.pretrain, "pretrain")
+    checks = [("train.schedule", cfg.train.schedule in SCHEDULES, f"one of {SCHEDULES}"),
+              ("train.step_size", isinstance(cfg.train.step_size, int) and cfg.train.step_size >= 1,
+               "a positive integer"),
+              ("train.gamma", cfg.train.gamma > 0, "a positive number"),
+              ("eval_batch_size", isinstance(cfg.eval_batch_size, int) and cfg.eval_batch_size >= 1,
+               "a positive integer")]
+    for key, ok, what in checks:
+        if not ok:
+            raise ConfigError(f"{key} must be {what}, got {OmegaConf.select(cfg, key)!r}")
+    if pretrain_tag(cfg.pretrain.shards) == "synthetic":
+        read_manifest(cfg.pretrain.shards)
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Train, select and test one fold; return its summary (read back when the fold already finished)."""
+    """Train, select and test one fold; return its summary (read back when the fold already finished).
+
+    Raises:
+        UserError: a bad setting (:func:`check_config`, checked first), bad data or shards, a fold out of range,
+            a run directory of another experiment, or a diverged loss; the message names the input.
+    """
+    check_config(cfg)
     device, distributed = setup_device(cfg.device)
     run_dir = RunDir(cfg.run_dir)
     try:
@@ -220,12 +254,12 @@ def _headline(metrics: dict[str, Any]) -> dict[str, float]:
 
 @hydra.main(config_path="configs", config_name="train", version_base=None)
 def main(cfg: DictConfig) -> None:
-    summary = run(cfg)
+    summary = reports_user_errors(run)(cfg)
     if summary:
         print(f"{cfg.model.name} fold {cfg.fold}: test accuracy {summary['test']['accuracy']:.4f}, "
               f"macro-F1 {summary['test']['macro_f1']:.4f} -> {cfg.run_dir}")
 
 
 if __name__ == "__main__":
-    sys.argv = [sys.argv[0], *experiment_config.rename_legacy_overrides(sys.argv[1:])]
+    sys.argv = hydra_argv(sys.argv)
     main()

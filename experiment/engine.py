@@ -18,7 +18,6 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from experiment.checkpoint import (
     epoch_checkpoint_path,
@@ -29,8 +28,10 @@ from experiment.checkpoint import (
 )
 from experiment.device import autocast, grad_scaler
 from experiment.distributed import is_main_process
+from experiment.errors import UserError
 from experiment.metrics import classification_metrics
 from experiment.monitor import Monitor
+from experiment.progress import progress
 from experiment.rundir import RunDir
 from experiment.seeding import seed_everything
 
@@ -39,8 +40,8 @@ log = logging.getLogger(__name__)
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
-class NonFiniteLossError(RuntimeError):
-    """A loss became NaN or infinite; the last good checkpoint is kept."""
+class NonFiniteLossError(UserError, RuntimeError):
+    """A loss became NaN or infinite; the last good checkpoint is kept (the message says how to go on)."""
 
 
 def check_finite(losses: dict[str, float], where: str, checkpoints: Path) -> None:
@@ -186,9 +187,9 @@ def _train_epoch(model: nn.Module, objective: Objective, optimizer: torch.optim.
     model.train()
     sums: dict[str, float] = {}
     count = 0
-    progress = tqdm(batches, desc=f"{settings.phase} {epoch}/{settings.epochs}", leave=False,
-                    disable=not is_main_process(), mininterval=1.0)
-    for images, labels in progress:
+    bar = progress(batches, desc=f"{settings.phase} {epoch}/{settings.epochs}", disable=not is_main_process(),
+                   mininterval=1.0)
+    for images, labels in bar:
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
         with autocast(device, settings.amp, settings.cpu_bf16):
@@ -207,7 +208,7 @@ def _train_epoch(model: nn.Module, objective: Objective, optimizer: torch.optim.
         count += batch
         for name, value in {"loss": loss_value, **parts}.items():
             sums[name] = sums.get(name, 0.0) + value * batch
-        progress.set_postfix(loss=f"{loss_value:.4f}")
+        bar.set_postfix(loss=f"{loss_value:.4f}")
     return {name: total / max(count, 1) for name, total in sums.items()}, step
 
 

@@ -20,10 +20,12 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from datasets.config import check_data
 from datasets.core import CLASS_NAMES
 from datasets.shards import ShardWriter, file_sha256, read_manifest
-from experiment.config import rename_legacy_overrides
+from experiment.cli import hydra_argv, reports_user_errors
 from experiment.device import select_device
+from experiment.errors import ConfigError
 from experiment.progress import progress
 from experiment.seeding import derive_seed
 from generative_model import config
@@ -53,12 +55,12 @@ def class_counts(count: int, proportions: str, train_counts: np.ndarray) -> np.n
     shares (``real``), remainders by largest fraction, ties to the lower class index.
 
     Raises:
-        ValueError: a count below 1 or an unknown ``proportions``.
+        ConfigError: a count below 1 or an unknown ``proportions``.
     """
-    if count < 1:
-        raise ValueError(f"count must be at least 1, got {count}")
+    if not isinstance(count, int) or count < 1:
+        raise ConfigError(f"count must be a positive integer, got {count!r}")
     if proportions not in PROPORTIONS:
-        raise ValueError(f"unknown proportions {proportions!r}; choose one of {PROPORTIONS}")
+        raise ConfigError(f"proportions must be one of {PROPORTIONS}, got {proportions!r}")
     weights = np.ones(len(CLASS_NAMES)) if proportions == "balanced" else np.asarray(train_counts, dtype=np.float64)
     exact = count * weights / weights.sum()
     counts = np.floor(exact).astype(np.int64)
@@ -74,13 +76,34 @@ def label_plan(counts: np.ndarray, seed: int) -> np.ndarray:
 
 
 def build_augment(augment: Any, brains: np.ndarray, labels: np.ndarray) -> AugmentGeometry:
-    """Transplant into a same-class brain, elastic tumour warp, flip, then a small affine (``augment.*``)."""
-    return AugmentGeometry([
-        RandTumourTransplant(brains, labels, prob=augment.transplant_prob),
-        RandElasticTumour(alpha=augment.elastic_alpha, sigma=augment.elastic_sigma),
-        RandFlip(prob=augment.flip_prob),
-        RandAffine(rotate_deg=augment.rotate_deg, translate=augment.translate, scale=tuple(augment.scale)),
-    ])
+    """Transplant into a same-class brain, elastic tumour warp, flip, then a small affine (``augment.*``).
+
+    Raises:
+        ConfigError: an ``augment.*`` value the transforms refuse (a probability outside [0, 1], ...).
+    """
+    try:
+        return AugmentGeometry([
+            RandTumourTransplant(brains, labels, prob=augment.transplant_prob),
+            RandElasticTumour(alpha=augment.elastic_alpha, sigma=augment.elastic_sigma),
+            RandFlip(prob=augment.flip_prob),
+            RandAffine(rotate_deg=augment.rotate_deg, translate=augment.translate, scale=tuple(augment.scale)),
+        ])
+    except ValueError as error:  # the transforms' own checks of their settings
+        raise ConfigError(f"augment.*: {error}") from error
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Refuse ``data.*``, ``count``, ``proportions``, ``shard_size`` and ``batch_size`` values that cannot work,
+    before anything is loaded.
+
+    Raises:
+        ConfigError: naming the key.
+    """
+    check_data(cfg.data)
+    class_counts(cfg.count, cfg.proportions, np.ones(len(CLASS_NAMES)))
+    for key in ("shard_size", "batch_size"):
+        if not isinstance(cfg[key], int) or cfg[key] < 1:
+            raise ConfigError(f"{key} must be a positive integer, got {cfg[key]!r}")
 
 
 def draw_shard(generator: torch.nn.Module, fold: FoldData, brains: np.ndarray, augment: AugmentGeometry,
@@ -113,16 +136,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Write (or finish) the shard set of ``cfg``; return its manifest.
 
     Raises:
-        DataError / ValueError: bad data root, a class without training slices, a fold out of range.
+        ConfigError: a setting that cannot work (:func:`check_config`, checked first), a fold out of range.
         CheckpointError: an unreadable or mismatched generator checkpoint, or one trained for another fold.
+        DataError: bad data root, a class without training slices.
         ShardError: ``out`` holds another generator's shards (without ``overwrite=true``), or a shard could
             not be written (disk full); shards written before stay valid and a re-run resumes.
     """
-    if cfg.shard_size < 1:
-        raise ValueError(f"shard_size must be positive, got {cfg.shard_size}")
-    fold = load_fold_data(cfg.data, cfg.fold)
+    check_config(cfg)
     device = select_device(cfg.device)
     generator = load_generator(cfg.checkpoint, image_size=cfg.data.image_size, fold=cfg.fold, device=device)
+    fold = load_fold_data(cfg.data, cfg.fold)
     train_counts = np.bincount(fold.data.labels[fold.train], minlength=len(CLASS_NAMES))
     counts = class_counts(cfg.count, cfg.proportions, train_counts)
     labels = label_plan(counts, cfg.seed)
@@ -167,9 +190,9 @@ def _settings(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(config_path="configs", config_name="synthesize", version_base=None)
 def main(cfg: DictConfig) -> None:
-    run(cfg)
+    reports_user_errors(run)(cfg)
 
 
 if __name__ == "__main__":
-    sys.argv = [sys.argv[0], *rename_legacy_overrides(sys.argv[1:])]
+    sys.argv = hydra_argv(sys.argv)
     main()

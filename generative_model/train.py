@@ -23,11 +23,13 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from datasets.config import data_identity
+from datasets.config import check_data, data_identity
 from experiment.checkpoint import latest_checkpoint
-from experiment.config import rename_legacy_overrides
+from experiment.cli import hydra_argv, reports_user_errors
+from experiment.config import check_train
 from experiment.device import describe, select_device
 from experiment.engine import check_finite
+from experiment.errors import ConfigError, UserError
 from experiment.monitor import build_monitor
 from experiment.progress import progress
 from experiment.rundir import RunDir
@@ -52,16 +54,49 @@ config.register()
 FLIP_PROB = 0.5  # pix2pix's random mirroring of (condition, image) pairs
 
 
+class ResumeRefused(UserError, FileExistsError):
+    """``run_dir`` already holds checkpoints but ``resume`` is false."""
+
+
 def build_pix2pix(cfg: DictConfig, device: torch.device) -> Pix2Pix:
-    """Generator, discriminator, losses, optimisers and schedulers from the config."""
+    """Generator, discriminator, losses, optimisers and schedulers from the config.
+
+    Raises:
+        ConfigError: ``net.*`` or ``loss.*`` name an unknown norm, initialisation or GAN mode.
+    """
     net = cfg.net
-    generator = define_G(**generator_arch(net, cfg.data.image_size), init_type=net.init_type,
-                         init_gain=net.init_gain)
-    discriminator = define_D(input_nc=CONDITION_CHANNELS + 1, ndf=net.ndf, n_layers=net.d_layers, norm=net.norm,
-                             init_type=net.init_type, init_gain=net.init_gain)
-    return Pix2Pix(generator=generator, discriminator=discriminator, lr=cfg.train.lr, beta1=cfg.train.beta1,
-                   gan_mode=cfg.loss.gan_mode, lambda_l1=cfg.loss.lambda_l1, epochs=cfg.train.epochs,
-                   epochs_decay=cfg.train.epochs_decay, device=device, amp=cfg.amp)
+    try:
+        generator = define_G(**generator_arch(net, cfg.data.image_size), init_type=net.init_type,
+                             init_gain=net.init_gain)
+        discriminator = define_D(input_nc=CONDITION_CHANNELS + 1, ndf=net.ndf, n_layers=net.d_layers,
+                                 norm=net.norm, init_type=net.init_type, init_gain=net.init_gain)
+        return Pix2Pix(generator=generator, discriminator=discriminator, lr=cfg.train.lr, beta1=cfg.train.beta1,
+                       gan_mode=cfg.loss.gan_mode, lambda_l1=cfg.loss.lambda_l1, epochs=cfg.train.epochs,
+                       epochs_decay=cfg.train.epochs_decay, device=device, amp=cfg.amp)
+    except ValueError as error:  # the builders' own checks of the names they are given
+        raise ConfigError(f"net.* / loss.*: {error}") from error
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Refuse ``data.*``, ``train.*``, ``net.*`` and ``loss.*`` settings that cannot work, before any data is
+    loaded (the builders check the names in :func:`build_pix2pix`).
+
+    Raises:
+        ConfigError: naming the key.
+    """
+    check_data(cfg.data)
+    check_train(cfg.train)
+    checks = [("train.log_every", cfg.train.log_every, isinstance(cfg.train.log_every, int)
+               and cfg.train.log_every >= 1, "a positive integer"),
+              ("train.preview_count", cfg.train.preview_count, isinstance(cfg.train.preview_count, int)
+               and cfg.train.preview_count >= 1, "a positive integer"),
+              ("train.beta1", cfg.train.beta1, 0 <= cfg.train.beta1 < 1, "in [0, 1)"),
+              ("loss.lambda_l1", cfg.loss.lambda_l1, cfg.loss.lambda_l1 >= 0, "a number >= 0"),
+              *((f"net.{key}", cfg.net[key], isinstance(cfg.net[key], int) and cfg.net[key] >= 1,
+                 "a positive integer") for key in ("ngf", "ndf", "d_layers"))]
+    for key, value, ok, what in checks:
+        if not ok:
+            raise ConfigError(f"{key} must be {what}, got {value!r}")
 
 
 def make_batch(fold: FoldData, brains: np.ndarray, index: np.ndarray,
@@ -84,23 +119,25 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Train (or resume) the generator of ``cfg.fold``; return the run summary.
 
     Raises:
-        DataError / ValueError: bad data root, a class without training slices, a fold out of range.
-        FileExistsError: ``run_dir`` already holds checkpoints and ``resume`` is false.
+        DataError / ConfigError: bad data root, a class without training slices, a fold out of range.
+        ResumeRefused: ``run_dir`` already holds checkpoints and ``resume`` is false.
         CheckpointError: the checkpoint to resume is unreadable or was made for another architecture.
         NonFiniteLossError: a NaN/inf loss (the last good checkpoint stays).
+        ConfigError: a setting that cannot work (:func:`check_config`, checked before anything is loaded).
     """
-    fold = load_fold_data(cfg.data, cfg.fold)
+    check_config(cfg)
     device = select_device(cfg.device)
+    seed_everything(cfg.seed)  # the initial weights
+    model = build_pix2pix(cfg, device)
+    fold = load_fold_data(cfg.data, cfg.fold)
     run_dir = RunDir(cfg.run_dir)
     run_dir.claim({**data_identity(cfg.data, fold.data.fingerprint), "fold": cfg.fold, "seed": cfg.seed,
                    "net": OmegaConf.to_container(cfg.net, resolve=True)})
     resume_from = latest_checkpoint(run_dir.checkpoints)
     if resume_from is not None and not cfg.resume:
-        raise FileExistsError(f"{run_dir.path} already holds checkpoints (newest {resume_from.name}); pass "
+        raise ResumeRefused(f"{run_dir.path} already holds checkpoints (newest {resume_from.name}); pass "
                               "resume=true to continue that run or choose another run_dir=")
     run_dir.write_config(cfg)
-    seed_everything(cfg.seed)  # the initial weights
-    model = build_pix2pix(cfg, device)
     arch = generator_arch(cfg.net, cfg.data.image_size)
     start_epoch = _resume(model, run_dir, resume_from, arch) if resume_from is not None else 0
     log.info("pix2pix on %s; %s", fold.describe(), describe(device))
@@ -190,9 +227,9 @@ def _finish(cfg: DictConfig, model: Pix2Pix, fold: FoldData, run_dir: RunDir, ar
 
 @hydra.main(config_path="configs", config_name="train", version_base=None)
 def main(cfg: DictConfig) -> None:
-    run(cfg)
+    reports_user_errors(run)(cfg)
 
 
 if __name__ == "__main__":
-    sys.argv = [sys.argv[0], *rename_legacy_overrides(sys.argv[1:])]
+    sys.argv = hydra_argv(sys.argv)
     main()

@@ -20,7 +20,7 @@ def _inspect(tmp_path: Path, *overrides: str) -> str:
 
 def test_embedded_sample_summary(tmp_path: Path) -> None:
     out = _inspect(tmp_path)
-    assert "total" in out and "431" in out and "identical=True" in out
+    assert "total            344        45" in out and "identical=True" in out
     assert sum(line.split()[1] == "test" for line in out.splitlines() if line[:1].isdigit()) == 7
 
 
@@ -32,4 +32,4 @@ def test_cvind_protocol_summary(tmp_path: Path) -> None:
 def test_full_bundle_summary(tmp_path: Path) -> None:
     require_shared(SHARED_DATA / "figshare_cheng_128.npz")
     out = _inspect(tmp_path, f"data.root={SHARED_DATA}")
-    assert "3064" in out and "identical=True" in out
+    assert "total           3064       233" in out and "identical=True" in out

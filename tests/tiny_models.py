@@ -1,0 +1,47 @@
+"""Tiny classifiers on disk for prediction, evaluation and export tests: ``model.pt`` files (good, or with any
+metadata overridden) and their ONNX export, and a way to run an entry point's ``main`` as the shell would."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from capsule_classifier import build_model
+from datasets.core import CLASS_NAMES
+from experiment.checkpoint import save_checkpoint
+
+SIZE = 32
+
+
+def write_model_pt(path: Path, name: str = "capsnet", **overrides: Any) -> Path:
+    """A ``model.pt`` of a seeded ``name`` at 32 px in the layout ``deploy.save_classifier`` writes, with any
+    field (``image_size``, ``class_names``, ``model_kwargs``...) replaced by ``overrides``."""
+    torch.manual_seed(0)
+    model = build_model(name, image_size=SIZE).eval()
+    state = {"model": model.state_dict(), "model_name": name, "model_kwargs": {}, "image_size": SIZE,
+             "class_names": list(CLASS_NAMES), "fold": 0, "epoch": 1, **overrides}
+    save_checkpoint(path, state)
+    return path
+
+
+def run_main(main: Callable[[list[str]], None], argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str,
+                                                                                                          str]:
+    """``(exit code, stdout, stderr)`` of ``main(argv)``, as a shell would see them."""
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def error_line(stderr: str) -> str:
+    """The one ``error:`` line of ``stderr``; fails when there is a traceback or more than one."""
+    assert "Traceback" not in stderr, stderr
+    lines = [line for line in stderr.splitlines() if ": error: " in line]
+    assert len(lines) == 1, stderr
+    return lines[0]
