@@ -8,7 +8,6 @@ weights from another file (``ModelEntry.init_only_kwargs``) are dropped, never f
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -45,12 +44,7 @@ def check_image_size(value: Any, source: str | os.PathLike) -> int:
 
 
 def check_class_names(value: Any, source: str | os.PathLike) -> list[str]:
-    """``value`` (a list, or its JSON text in ONNX metadata) as a list of distinct, non-empty class names."""
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            raise ModelInputError(f"{source}: class_names is not JSON ({value[:40]!r})") from None
+    """``value`` as a list of 2 to :data:`MAX_CLASSES` distinct, non-empty class names."""
     if (not isinstance(value, (list, tuple)) or not 2 <= len(value) <= MAX_CLASSES
             or not all(isinstance(name, str) and name.strip() for name in value) or len(set(value)) != len(value)):
         raise ModelInputError(f"{source}: class_names must be a list of 2 to {MAX_CLASSES} distinct names, "
@@ -97,10 +91,10 @@ def load_classifier(path: str | os.PathLike) -> tuple[ProbabilityModel, dict[str
     try:
         with torch.device("meta"):  # the size of the model, before any memory is allocated
             size = sum(p.numel() * p.element_size() for p in build_model(state["model_name"], **arguments).parameters())
-        check_allocation(size, f"{path}: model {state['model_name']!r}")
-        model = build_model(state["model_name"], **arguments)
     except (TypeError, ValueError) as error:
         raise ModelInputError(f"{path}: cannot rebuild model {state['model_name']!r}: {error}") from error
+    check_allocation(size, f"{path}: model {state['model_name']!r}")
+    model = build_model(state["model_name"], **arguments)
     load_model_state(model, state["model"], str(path))
     classifier = ProbabilityModel(model, build_objective(state["model_name"])).eval()
     return classifier, meta
@@ -119,7 +113,8 @@ def _builder_kwargs(path: str | os.PathLike, name: Any, kwargs: Any) -> dict[str
         log.warning("%s: ignoring %s: a model file carries its weights; paths inside it are not followed",
                     path, {key: kwargs[key] for key in dropped})
     kept = {key: value for key, value in kwargs.items() if key not in init_only}
-    plain = (bool, int, float)
-    if not all(isinstance(value, plain) or value is None for value in kept.values()):
-        raise ModelInputError(f"{path}: model_kwargs {str(kept)[:80]} must be numbers, booleans or null")
+    for key, value in kept.items():
+        if not (value is None or isinstance(value, (bool, int, float))):
+            raise ModelInputError(f"{path}: model_kwargs must be numbers, booleans or null; {key} is "
+                                  f"{str(value)[:40]!r}")
     return kept

@@ -80,7 +80,11 @@ class Predictor:
             raise ModelInputError(f"{self.path} lacks image_size/class_names metadata; export it with "
                                   "capsule_classifier/export.py")
         self.image_size = check_image_size(metadata["image_size"], self.path)
-        self.class_names = check_class_names(metadata["class_names"], self.path)
+        try:
+            self.class_names = check_class_names(json.loads(metadata["class_names"]), self.path)
+        except json.JSONDecodeError:
+            raise ModelInputError(f"{self.path}: class_names metadata is not JSON ({metadata['class_names'][:40]!r})") \
+                from None
         try:  # from bytes: nothing the file names is opened
             self.session = onnxruntime.InferenceSession(payload, providers=["CPUExecutionProvider"])
         except Exception as error:
@@ -227,10 +231,12 @@ def main(argv: list[str] | None = None) -> None:
             log.warning("%s: %s", record["path"], note)
     if args.out is not None:
         write_predictions(args.out, report)
+    if len(records) == 1 and failed:
+        raise DataError(failed[0]["error"])
     if len(failed) == len(records):
         first = f"; first: {failed[0]['error']}" if failed else ""
         raise DataError(f"nothing predicted from {', '.join(args.inputs)}: {len(failed)} file(s) failed, "
-                        f"{len(scan.skipped)} skipped{first}")
+                        f"{len(scan.skipped)} not slices{first}")
     print(json.dumps(report, indent=2) if args.json else format_table(records, predictor.class_names))
     if args.strict and failed:
         raise DataError(f"{len(failed)} of {len(records)} file(s) failed (--strict); first: {failed[0]['error']}")

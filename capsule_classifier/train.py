@@ -86,7 +86,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, schedule: str, epochs: int
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1))
     if schedule == "step":
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size, gamma=gamma)
-    raise ConfigError(f"train.schedule must be 'cosine' or 'step', got {schedule!r}")
+    raise ConfigError(f"train.schedule must be {' or '.join(map(repr, SCHEDULES))}, got {schedule!r}")
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -100,7 +100,7 @@ def check_config(cfg: DictConfig) -> None:
     data_config.check_data(cfg.data)
     experiment_config.check_train(cfg.train)
     experiment_config.check_train(cfg.pretrain, "pretrain")
-    checks = [("train.schedule", cfg.train.schedule in SCHEDULES, f"one of {SCHEDULES}"),
+    checks = [("train.schedule", cfg.train.schedule in SCHEDULES, " or ".join(map(repr, SCHEDULES))),
               ("train.step_size", isinstance(cfg.train.step_size, int) and cfg.train.step_size >= 1,
                "a positive integer"),
               ("train.gamma", cfg.train.gamma > 0, "a positive number"),

@@ -18,7 +18,7 @@ from datasets.core import CLASS_NAMES, SliceSet
 from datasets.shards import read_shards, write_shards
 from datasets.slices import class_counts_table
 from datasets.splits import PARTS, fold_indices, load_data, load_or_make_folds
-from experiment.config import rename_legacy_overrides
+from experiment.cli import hydra_argv, reports_user_errors
 
 log = logging.getLogger(__name__)
 data_config.register()
@@ -59,11 +59,19 @@ def run(cfg: DictConfig) -> dict:
     return {"slices": len(data), "subjects": len(set(data.subjects)), "folds": manifest["k"], "shards_identical": same}
 
 
+@reports_user_errors
+def checked_run(cfg: DictConfig) -> dict:
+    """:func:`run` after refusing ``data.*`` settings that cannot work (one line, exit status 2, like any
+    expected error)."""
+    data_config.check_data(cfg.data)
+    return run(cfg)
+
+
 @hydra.main(config_path="configs", config_name="inspect", version_base=None)
 def main(cfg: DictConfig) -> None:
-    run(cfg)
+    checked_run(cfg)
 
 
 if __name__ == "__main__":
-    sys.argv = [sys.argv[0], *rename_legacy_overrides(sys.argv[1:])]
+    sys.argv = hydra_argv(sys.argv)
     main()

@@ -15,6 +15,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 from experiment.config import rename_legacy_overrides
+from experiment.errors import ConfigError
 from generative_model import config
 
 STEPS = ("train", "synthesize")
@@ -27,7 +28,7 @@ def route(overrides: Sequence[str]) -> list[tuple[str, tuple[str, ...]]]:
     """Each override with the steps whose config defines its key, in order.
 
     Raises:
-        ValueError: an argument without ``=`` (other than a ``~key`` deletion), or a key no step defines.
+        ConfigError: an argument without ``=`` (other than a ``~key`` deletion), or a key no step defines.
     """
     config.register()
     with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
@@ -35,11 +36,11 @@ def route(overrides: Sequence[str]) -> list[tuple[str, tuple[str, ...]]]:
     routed = []
     for override in overrides:
         if "=" not in override and not override.startswith("~"):
-            raise ValueError(f"expected key=value overrides, got {override!r}")
+            raise ConfigError(f"expected key=value overrides, got {override!r}")
         key = override.lstrip("+~").partition("=")[0].partition("@")[0].replace("/", ".")  # group/option@package
         steps = tuple(step for step in STEPS if _defines(composed[step], key))
         if not steps:
-            raise ValueError(f"no step defines {key!r} (in {override!r}); see generative_model/configs/"
+            raise ConfigError(f"no step defines {key!r} (in {override!r}); see generative_model/configs/"
                              f"{{{','.join(STEPS)}}}.yaml")
         routed.append((override, steps))
     return routed
@@ -53,7 +54,7 @@ def main(argv: Sequence[str]) -> int:
     """Print the routes of ``argv`` (renamed from old key names); 2 with a one-line error when one is refused."""
     try:
         routed = route(rename_legacy_overrides(argv))
-    except ValueError as error:
+    except ConfigError as error:
         print(f"synthesize.sh: {error}", file=sys.stderr)
         return 2
     for override, steps in routed:

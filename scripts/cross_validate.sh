@@ -8,7 +8,10 @@
 #   ./scripts/cross_validate.sh [model=capsnet|resnet50] [synthetic=true|false] [data.root=PATH]
 #       [data.split=grouped|cvind] [data.k=7] [data.image_size=128] [seed=0] [folds=0,1,...] [out=DIR]
 #       [gan.KEY=VALUE ...  (to scripts/synthesize.sh, e.g. gan.train.epochs=3 gan.count=7000)]
-#       [KEY=VALUE ...      (to capsule_classifier/train.py, e.g. train.epochs=40 monitor.visdom=false)]
+#       [KEY=VALUE ...      (to capsule_classifier/train.py, e.g. train.epochs=40 monitor.visdom=false)] [--debug]
+#
+# A bad setting or input stops it with the failing step's one-line error and that step's exit status (2);
+# --debug shows the traceback instead.
 #
 # Re-running the same command after a crash or SIGKILL skips finished stages and continues the
 # unfinished one from its last checkpoint. (Edit this file by replacing it, never in place: bash reads a
@@ -38,7 +41,8 @@ for arg in "$@"; do
       data_args+=("$arg") ;;
     gan.*=*) gan_args+=("${arg#gan.}") ;;
     *=*) clf_args+=("$arg") ;;
-    *) echo "cross_validate.sh: expected key=value overrides, got '$arg'" >&2; exit 2 ;;
+    --debug) export BRAIN_TUMOUR_DEBUG=1 ;;  # every step shows the traceback of an expected error
+    *) echo "cross_validate.sh: expected key=value overrides or --debug, got '$arg'" >&2; exit 2 ;;
   esac
 done
 case "$synthetic" in true | false) ;; *) echo "cross_validate.sh: synthetic must be true or false" >&2; exit 2 ;; esac

@@ -3,20 +3,25 @@
 #
 #   ./scripts/synthesize.sh [data.root=PATH] [fold=0|null] [data.image_size=128] [train.epochs=3]
 #                           [train.epochs_decay=3] [count=7000] [proportions=balanced|real] [out=DIR]
-#                           [checkpoint=PATH] [key=value ...]
+#                           [checkpoint=PATH] [key=value ...] [--debug]
 #
 # Each key goes to the step whose config defines it (python -m generative_model.route): train.*, net.*,
 # loss.*, monitor.* and resume to training; count, proportions, out, batch_size (the synthesis batch),
 # checkpoint, augment.* ... to synthesis; keys both define (data.*, fold, seed, device, amp, run_dir) to
 # both. A key neither defines is refused; old key names (epochs=, optim.lr=, ...) warn and are renamed.
 # Training resumes its run directory, and synthesis its shard folder, so re-running finishes a killed job.
+# A bad setting or input stops it with the failing step's one-line error and exit status 2 (--debug: traceback).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh >/dev/null
 # shellcheck disable=SC1091
 . .venv/bin/activate
 
-routes=$(python -m generative_model.route "$@")
+args=()
+for arg in "$@"; do  # --debug: every step shows the traceback of an expected error
+  if [ "$arg" = --debug ]; then export BRAIN_TUMOUR_DEBUG=1; else args+=("$arg"); fi
+done
+routes=$(python -m generative_model.route "${args[@]}")  # a refused key: its one-line error, exit status 2
 train_args=(resume=true)
 synth_args=()
 checkpoint=false

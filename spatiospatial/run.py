@@ -28,10 +28,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from datasets.augment import volume_augmentation
-from datasets.core import default_cache_dir
+from datasets.core import DataError, check_allocation, default_cache_dir
 from datasets.volume_splits import load_or_make_split, split_records
 from datasets.volumes import (
+    AXES,
     CLASS_NAMES,
+    LAYOUTS,
+    MODALITIES,
     VolumeDataset,
     VolumeSpec,
     prepare_volumes,
@@ -41,9 +44,11 @@ from datasets.volumes import (
 from experiment import config as experiment_config
 from experiment.batches import TrainBatches, eval_batches
 from experiment.checkpoint import load_checkpoint, load_model_state
+from experiment.cli import hydra_argv, reports_user_errors
 from experiment.device import describe
 from experiment.distributed import barrier, cleanup, is_main_process, rank, setup_device, world_size
 from experiment.engine import FitSettings, evaluate, fit
+from experiment.errors import ConfigError
 from experiment.monitor import Monitor, build_monitor
 from experiment.objectives import CrossEntropyObjective
 from experiment.rundir import RunDir
@@ -52,6 +57,8 @@ from spatiospatial.models import build_model, profile
 
 log = logging.getLogger(__name__)
 
+STEM_EXPANSION = 16
+"""Floats the video ResNets' stem outputs per input voxel (64 channels at half the height and width)."""
 PHASE = "train"
 PHASE_KEY = 1
 """Seed key of the training phase's sampling, loader and flip streams."""
@@ -67,8 +74,48 @@ def balanced_class_weights(labels: list[int], num_classes: int) -> torch.Tensor:
     return torch.tensor(weights, dtype=torch.float32)
 
 
+def check_config(cfg: DictConfig) -> None:
+    """Refuse ``train.*`` and ``data.*`` settings that cannot work, before any volume is read: positive epochs,
+    batch size and learning rate, three positive voxel counts and spacings (a batch's stem output within the
+    allocation limit), a known layout, modality and time axis, validation and test shares in (0, 0.5), an
+    importable hook.
+
+    Raises:
+        ConfigError: naming the key; DataError: a shape over the allocation limit.
+    """
+    experiment_config.check_train(cfg.train)
+    data = cfg.data
+    checks = [("train.num_workers", cfg.train.num_workers, isinstance(cfg.train.num_workers, int)
+               and cfg.train.num_workers >= 0, "an integer >= 0"),
+              ("data.shape", data.shape, len(data.shape) == 3 and all(isinstance(n, int) and n >= 1
+                                                                      for n in data.shape), "three positive integers"),
+              ("data.spacing", data.spacing, len(data.spacing) == 3 and all(0 < s < float("inf")
+                                                                            for s in data.spacing),
+               "three positive numbers (mm)"),
+              *((f"data.{key}", data[key], data[key] in choices, f"one of {choices}")
+                for key, choices in (("layout", LAYOUTS), ("modality", MODALITIES), ("time_axis", AXES))),
+              *((f"data.{key}", data[key], 0 < data[key] < 0.5, "in (0, 0.5)")
+                for key in ("val_fraction", "test_fraction"))]
+    for key, value, ok, what in checks:
+        if not ok:
+            raise ConfigError(f"{key} must be {what}, got {value!r}")
+    voxels = int(np.prod(data.shape, dtype=np.int64))
+    check_allocation(STEM_EXPANSION * cfg.train.batch_size * voxels * 4,
+                     f"data.shape={list(data.shape)} with train.batch_size={cfg.train.batch_size} (the stem's output)")
+    try:
+        resolve_hook(data.hook)
+    except (ValueError, ImportError) as error:
+        raise ConfigError(f"data.hook: {error}") from error
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Train, select and test one configuration; return its summary (read back when already finished)."""
+    """Train, select and test one configuration; return its summary (read back when already finished).
+
+    Raises:
+        UserError: a bad setting (:func:`check_config`, checked first), bad volumes or split manifest, a run
+            directory of another experiment, or a diverged loss; the message names the input.
+    """
+    check_config(cfg)
     device, distributed = setup_device(cfg.device)
     run_dir = RunDir(cfg.run_dir)
     try:
@@ -100,7 +147,7 @@ def _run(cfg: DictConfig, run_dir: RunDir, device: torch.device, distributed: bo
              for part, records in split_records(manifest, scan).items()}
     for part in ("train", "test"):
         if len(parts[part]) == 0:
-            raise ValueError(f"split {split_path} has no {part} volumes; a class needs at least 3 subjects "
+            raise DataError(f"split {split_path} has no {part} volumes; a class needs at least 3 subjects "
                              "to reach the test set")
     log.info("volumes: %s", {part: len(ds) for part, ds in parts.items()})
 
@@ -159,7 +206,7 @@ def _eval_loader(dataset: VolumeDataset, cfg: DictConfig) -> DataLoader:
 
 @hydra.main(config_path="configs", config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
-    summary = run(cfg)
+    summary = reports_user_errors(run)(cfg)
     if summary:
         print(f"{summary['model']}: {summary['parameters'] / 1e6:.2f} M parameters, "
               f"{summary['forward_flops'] / 1e9:.2f} GFLOPs per {'x'.join(map(str, summary['input_shape']))} volume; "
@@ -168,5 +215,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    sys.argv = [sys.argv[0], *experiment_config.rename_legacy_overrides(sys.argv[1:])]
+    sys.argv = hydra_argv(sys.argv)
     main()

@@ -1,6 +1,8 @@
-"""ONNX export parity on real sample slices, and predict.py on real and synthetic inputs and bad input."""
+"""ONNX export parity on real sample slices, and predict.py on real and synthetic inputs: folders searched
+recursively, paths relative to the folder, rows written as CSV or JSON."""
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -10,16 +12,19 @@ import pytest
 import torch
 from conftest import SHARED_DATA
 from PIL import Image
+from tiny_models import error_line, run_main, write_model_pt
 
 from capsule_classifier import build_model
+from capsule_classifier import export as export_cli
 from capsule_classifier.data import to_input
-from capsule_classifier.deploy import load_classifier, save_classifier
+from capsule_classifier.deploy import ModelInputError, load_classifier, save_classifier
 from capsule_classifier.export import ExportError, export, onnx_probabilities, sample_slices
-from capsule_classifier.predict import ModelInputError, Predictor, main, read_slice
+from capsule_classifier.predict import Predictor, main
 from datasets.core import CLASS_NAMES, DataError, SliceRecord
 from datasets.fixtures import synthetic_slice, write_slice
 from datasets.slices import load_slices
 from datasets.transforms import preprocess_slice
+from datasets.user_slices import InputFile, read_slice
 from experiment.checkpoint import CheckpointError
 
 SIZE = 32
@@ -78,7 +83,7 @@ def test_predict_real_slice_with_checkpoint_and_onnx(checkpoint: Path, onnx_path
     with torch.no_grad():
         expected = classifier(to_input(expected_input[None])).numpy()[0]
     for model in (checkpoint, onnx_path):
-        record = Predictor(model).predict_files([real_slice])[0]
+        record = Predictor(model).predict_files([InputFile(real_slice, real_slice.name)])[0]
         probabilities = np.array([record["probabilities"][name] for name in CLASS_NAMES])
         assert np.abs(probabilities - expected).max() < 1e-4
         assert record["prediction"] == CLASS_NAMES[int(expected.argmax())]
@@ -91,10 +96,12 @@ def test_predict_cli_reads_mat_npy_and_folders(checkpoint: Path, tmp_path: Path,
     folder.mkdir()
     write_slice(folder / "7.mat", SliceRecord(7, image, 2, "P1", mask, border))
     np.save(folder / "slice.npy", image.astype(np.float32))
-    (folder / "notes.txt").write_text("ignored")
+    (folder / "notes.txt").write_text("skipped")
     main([str(checkpoint), str(folder), "--json"])
     output = json.loads(capsys.readouterr().out)
-    assert [Path(p["path"]).name for p in output["predictions"]] == ["7.mat", "slice.npy"]
+    assert [p["path"] for p in output["predictions"]] == ["7.mat", "slice.npy"]
+    assert output["skipped"] == [{"path": "notes.txt", "reason": "not a slice file (expected .mat, .npy, .png, "
+                                                                  ".jpg, .jpeg)"}]
     first, second = (p["probabilities"] for p in output["predictions"])
     assert first == pytest.approx(second, abs=1e-4)  # the same pixels through .mat and .npy
     main([str(checkpoint), str(folder / "slice.npy")])
@@ -102,16 +109,57 @@ def test_predict_cli_reads_mat_npy_and_folders(checkpoint: Path, tmp_path: Path,
     assert "slice.npy" in table and "meningioma" in table.splitlines()[0]
 
 
-def test_predict_rejects_bad_inputs(checkpoint: Path, tmp_path: Path) -> None:
+def test_predict_recurses_names_files_relative_to_the_folder_and_writes_csv_and_json(
+        checkpoint: Path, onnx_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "hospital"
+    for index, folder in enumerate(["patient1", "patient2/series3", "patient2"]):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        image = synthetic_slice(np.random.default_rng(index), 64, index % 3 + 1)[0]
+        Image.fromarray(np.clip(image / image.max() * 255, 0, 255).astype(np.uint8)).save(root / folder / "scan.png")
+    (root / ".hidden").mkdir()
+    (root / ".hidden" / "scan.png").write_bytes(b"never read")
+    code, out, _ = run_main(main, [str(onnx_path), str(root), "--out", str(tmp_path / "rows.json"), "--json"], capsys)
+    assert code == 0
+    names = ["patient1/scan.png", "patient2/scan.png", "patient2/series3/scan.png"]
+    report = json.loads(out)
+    assert [r["path"] for r in report["predictions"]] == names
+    assert json.loads((tmp_path / "rows.json").read_text()) == report
+    code, table, _ = run_main(main, [str(checkpoint), str(root), "--out", str(tmp_path / "rows.csv")], capsys)
+    assert code == 0 and all(name in table for name in names)
+    with open(tmp_path / "rows.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["path"] for r in rows] == names and {r["status"] for r in rows} == {"ok"}
+    for row, record in zip(rows, report["predictions"], strict=True):  # model.pt and its ONNX export agree
+        assert row["prediction"] == record["prediction"]
+        assert [float(row[n]) for n in CLASS_NAMES] == pytest.approx(list(record["probabilities"].values()), abs=1e-4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hospital", "rows.csv", "rows.json"]  # no temporaries
+    code, _, err = run_main(main, [str(checkpoint), str(root), "--out", str(tmp_path / "rows.txt")], capsys)
+    assert code == 2 and "--out must end in .csv or .json" in err
+
+
+def test_predict_reports_unreadable_files_without_stopping(checkpoint: Path, tmp_path: Path) -> None:
     np.save(tmp_path / "volume.npy", np.zeros((4, 8, 8), dtype=np.float32))
-    with pytest.raises(DataError, match="expected a 2-D image"):
-        Predictor(checkpoint).predict_files([tmp_path / "volume.npy"])
+    np.save(tmp_path / "slice.npy", np.arange(64.0).reshape(8, 8))
+    files = [InputFile(tmp_path / name, name) for name in ("volume.npy", "slice.npy")]
+    failed, predicted = Predictor(checkpoint).predict_files(files)
+    assert "expected a 2-D image" in failed["error"] and "prediction" not in failed
+    assert predicted["prediction"] in CLASS_NAMES and predicted["warnings"] == [
+        "tiny image (8x8 px, under the model's 32 px)"]
     (tmp_path / "slice.tif").write_bytes(b"x")
     with pytest.raises(DataError, match="unsupported input type"):
         read_slice(tmp_path / "slice.tif")
     (tmp_path / "broken.png").write_bytes(b"not a png")
     with pytest.raises(DataError, match="cannot read it as .png"):
         read_slice(tmp_path / "broken.png")
+
+
+def test_export_cli_reports_bad_checkpoints_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = write_model_pt(tmp_path / "model.pt", image_size=100000)
+    code, out, err = run_main(export_cli.main, [str(model)], capsys)
+    assert code == 2 and out == "" and "model.pt: image_size 100000" in error_line(err)
+    assert not (tmp_path / "model.onnx").exists()
+    code, _, err = run_main(export_cli.main, [str(tmp_path / "missing.pt")], capsys)
+    assert code == 2 and "missing.pt" in error_line(err)
 
 
 def test_bad_checkpoints_are_named(tmp_path: Path) -> None:

@@ -1,7 +1,9 @@
-"""Tiny classifiers on disk for prediction, evaluation and export tests: ``model.pt`` files (good, or with any
-metadata overridden) and their ONNX export, and a way to run an entry point's ``main`` as the shell would."""
+"""Tiny classifiers on disk for prediction, evaluation and export tests (``model.pt`` files, good or with any
+metadata overridden), running an entry point's ``main`` as the shell would, and recording the files opened."""
 from __future__ import annotations
 
+import builtins
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,15 @@ def write_model_pt(path: Path, name: str = "capsnet", **overrides: Any) -> Path:
     return path
 
 
+def write_models(folder: Path) -> dict[str, Path]:
+    """``{"pt": folder/model.pt, "onnx": folder/model.onnx}``: a tiny capsnet and its checked ONNX export."""
+    from capsule_classifier.export import export
+
+    checkpoint = write_model_pt(folder / "model.pt")
+    export(checkpoint, folder / "model.onnx")
+    return {"pt": checkpoint, "onnx": folder / "model.onnx"}
+
+
 def run_main(main: Callable[[list[str]], None], argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str,
                                                                                                           str]:
     """``(exit code, stdout, stderr)`` of ``main(argv)``, as a shell would see them."""
@@ -45,3 +56,17 @@ def error_line(stderr: str) -> str:
     lines = [line for line in stderr.splitlines() if ": error: " in line]
     assert len(lines) == 1, stderr
     return lines[0]
+
+
+def record_opens(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """The (resolved) paths the process opens through ``open`` from now until the test ends."""
+    paths: list[Path] = []
+    real_open = builtins.open
+
+    def recording_open(file: object, *args: object, **kwargs: object) -> object:
+        if isinstance(file, (str, os.PathLike)):
+            paths.append(Path(file).resolve())
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", recording_open)
+    return paths
