@@ -4,12 +4,13 @@ Model configs (``configs/model/*.yaml``) override ``train.*`` with their own bud
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import II
 
+from datasets.augment import BASIC, SliceAugment
 from experiment.config import SupervisedTrainConfig
 
 
@@ -31,19 +32,12 @@ class ClassifierTrainConfig(SupervisedTrainConfig):
 
 
 @dataclass
-class AugmentConfig:
-    """Augmentation of real training slices only (never validation, test or prediction); see
-    :func:`datasets.augment.slice_augmentation`. ``flip_prob``: left-right flips; ``translate``: fraction of
-    the side; ``prob``: per-slice chance of the affine and of the intensity jitter."""
+class AugmentConfig(SliceAugment):
+    """Augmentation of training slices, real and synthetic (never validation, test or prediction):
+    ``augment=robust`` (the default) or ``augment=basic`` (flip, affine and intensity jitter only); every field
+    is documented at :class:`datasets.augment.SliceAugment`. ``enabled=false`` turns it off."""
 
     enabled: bool = True
-    flip_prob: float = 0.5
-    rotate_deg: float = 10.0
-    scale: float = 0.1
-    translate: float = 0.05
-    intensity_scale: float = 0.1
-    intensity_shift: float = 0.05
-    prob: float = 0.8
 
 
 @dataclass
@@ -63,8 +57,9 @@ class PretrainConfig:
 
 
 def register() -> None:
-    """Register ``train=classifier``, ``augment=default`` and ``pretrain=default`` (idempotent)."""
+    """Register ``train=classifier``, ``augment=robust|basic`` and ``pretrain=default`` (idempotent)."""
     store = ConfigStore.instance()
     store.store(group="train", name="classifier", node=ClassifierTrainConfig)
-    store.store(group="augment", name="default", node=AugmentConfig)
+    store.store(group="augment", name="robust", node=AugmentConfig)
+    store.store(group="augment", name="basic", node=AugmentConfig(**asdict(BASIC)))
     store.store(group="pretrain", name="default", node=PretrainConfig)

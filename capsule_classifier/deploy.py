@@ -1,10 +1,13 @@
 """The deployable classifier checkpoint (``model.pt``) and a probabilities head for export and prediction.
 
 ``model.pt`` holds the selected weights plus everything needed to rebuild and feed the model:
-model name and builder arguments, image size and class names. It is loaded with ``weights_only=True``, and
+model name and builder arguments, image size and class names; once ``capsule_classifier/trust.py`` has run on
+its fold, also ``calibration`` (the temperature, :mod:`capsule_classifier.calibration`) and ``out_of_scope``
+(the detector, :mod:`capsule_classifier.out_of_scope`). It is loaded with ``weights_only=True``, and
 its metadata is checked before anything is built: a supported image size, a list of class names, builder
-arguments that are plain numbers. A model file carries its weights: builder arguments that only initialise
-weights from another file (``ModelEntry.init_only_kwargs``) are dropped, never followed.
+arguments that are plain numbers, a positive temperature, detector tensors of consistent shapes. A model file
+carries its weights: builder arguments that only initialise weights from another file
+(``ModelEntry.init_only_kwargs``) are dropped, never followed.
 """
 from __future__ import annotations
 
@@ -17,6 +20,9 @@ import torch
 from torch import nn
 
 from capsule_classifier import build_model, build_objective, model_entry
+from capsule_classifier.activations import captured
+from capsule_classifier.calibration import calibrate
+from capsule_classifier.out_of_scope import OutOfScopeDetector
 from datasets.core import IMAGE_SIZES, check_allocation
 from experiment.checkpoint import CheckpointError, load_checkpoint, load_model_state, save_checkpoint
 from experiment.errors import UserError
@@ -53,14 +59,24 @@ def check_class_names(value: Any, source: str | os.PathLike) -> list[str]:
 
 
 class ProbabilityModel(nn.Module):
-    """``model`` followed by its objective's class probabilities: (N, 1, S, S) -> (N, C)."""
+    """``model`` followed by its objective's class probabilities, calibrated with ``temperature``:
+    (N, 1, S, S) -> (N, C); :meth:`scored` also gives the out-of-scope score of ``detector``."""
 
-    def __init__(self, model: nn.Module, objective: Objective) -> None:
+    def __init__(self, model: nn.Module, objective: Objective, temperature: float = 1.0,
+                 detector: OutOfScopeDetector | None = None) -> None:
         super().__init__()
-        self.model, self.objective = model, objective
+        self.model, self.objective, self.detector = model, objective, detector
+        self.register_buffer("temperature", torch.tensor(float(temperature)))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.objective.probabilities(self.objective.scores(self.model(images)))
+        return self.scored(images)[0]
+
+    def scored(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Calibrated probabilities (N, C) and the out-of-scope score (N,), or None without a detector."""
+        with captured(self.model, self.detector.layers if self.detector is not None else ()) as activations:
+            output = self.model(images)
+        probabilities = calibrate(self.objective.probabilities(self.objective.scores(output)), self.temperature)
+        return probabilities, None if self.detector is None else self.detector(activations)
 
 
 def save_classifier(path: str | os.PathLike, model: nn.Module, model_name: str, model_kwargs: dict[str, Any],
@@ -70,13 +86,20 @@ def save_classifier(path: str | os.PathLike, model: nn.Module, model_name: str, 
                            "image_size": int(image_size), "class_names": list(class_names), **extra})
 
 
+def update_classifier(path: str | os.PathLike, **fields: Any) -> None:
+    """Add or replace metadata ``fields`` (``calibration``, ``out_of_scope``) of the checkpoint at ``path``."""
+    save_checkpoint(path, {**load_checkpoint(path), **fields})
+
+
 def load_classifier(path: str | os.PathLike) -> tuple[ProbabilityModel, dict[str, Any]]:
-    """Rebuild the classifier saved at ``path`` in eval mode; return it with its metadata.
+    """Rebuild the classifier saved at ``path`` in eval mode, calibrated and with its out-of-scope detector when
+    the file has them; return it with its metadata.
 
     Raises:
         CheckpointError: missing or corrupt file, a checkpoint that is not a classifier, or mismatched weights.
-        ModelInputError: an unsupported image size, bad class names, an unknown model or builder arguments
-            that are not plain numbers or that the model does not take.
+        ModelInputError: an unsupported image size, bad class names, an unknown model, builder arguments
+            that are not plain numbers or that the model does not take, a temperature that is not a positive
+            number, or an out-of-scope detector that does not fit the model.
     """
     state = load_checkpoint(path)
     missing = [key for key in REQUIRED_KEYS if key not in state]
@@ -96,8 +119,41 @@ def load_classifier(path: str | os.PathLike) -> tuple[ProbabilityModel, dict[str
     check_allocation(size, f"{path}: model {state['model_name']!r}")
     model = build_model(state["model_name"], **arguments)
     load_model_state(model, state["model"], str(path))
-    classifier = ProbabilityModel(model, build_objective(state["model_name"])).eval()
+    temperature = _temperature(path, state.get("calibration"))
+    detector = _detector(path, state.get("out_of_scope"), model, len(meta["class_names"]))
+    classifier = ProbabilityModel(model, build_objective(state["model_name"]), temperature, detector).eval()
+    if detector is not None:
+        try:
+            with torch.no_grad():
+                classifier.scored(torch.zeros(1, 1, meta["image_size"], meta["image_size"]))
+        except RuntimeError as error:
+            raise ModelInputError(f"{path}: the out-of-scope detector does not fit the model's features: "
+                                  f"{str(error).splitlines()[0]}") from error
     return classifier, meta
+
+
+def _temperature(path: str | os.PathLike, calibration: Any) -> float:
+    """The calibration temperature of a saved model (1: none)."""
+    if calibration is None:
+        return 1.0
+    value = calibration.get("temperature") if isinstance(calibration, dict) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        raise ModelInputError(f"{path}: calibration.temperature must be a positive number, got {str(value)[:40]}")
+    return float(value)
+
+
+def _detector(path: str | os.PathLike, meta: Any, model: nn.Module, num_classes: int) -> OutOfScopeDetector | None:
+    """The out-of-scope detector of a saved model (None: none), reading layers the model has."""
+    if meta is None:
+        return None
+    try:
+        detector = OutOfScopeDetector.from_metadata(meta, num_classes)
+    except ValueError as error:
+        raise ModelInputError(f"{path}: {error}") from error
+    unknown = sorted(set(detector.layers) - {name for name, _ in model.named_modules()})
+    if unknown:
+        raise ModelInputError(f"{path}: out_of_scope.layers {unknown} are not modules of the model")
+    return detector
 
 
 def _builder_kwargs(path: str | os.PathLike, name: Any, kwargs: Any) -> dict[str, Any]:

@@ -11,8 +11,11 @@ preprocessed exactly as ``predict.py`` reads them; files that cannot be read are
 Writes ``report.md``, ``report.json`` (metrics and every prediction) and ``confusion.png`` to ``--out``
 (default ``runs/evaluate/<DATA name>``): accuracy, macro-F1, per-class recall and the confusion matrix
 (``experiment.metrics``). Classes of the model that the data lacks (a glioma-only check, say) get no recall:
-accuracy and macro-F1 cover the classes present, and the report names the absent ones. Exit code 2 when
-nothing could be scored; ``--debug`` shows the traceback of an error.
+accuracy and macro-F1 cover the classes present, and the report names the absent ones. A model with an
+out-of-scope detector answers "out of scope" for some slices: they are counted (for in-scope data, each is a
+false reject), the metrics score the top class of every slice, and the accuracy of the slices answered with
+a class is given beside them. Exit code 2 when nothing could be scored; ``--debug`` shows the traceback of an
+error.
 """
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from capsule_classifier.predict import Predictor
+from capsule_classifier.predict import OUT_OF_SCOPE, Predictor
 from datasets.core import DataError, check_allocation
 from datasets.user_slices import SUFFIXES, InputFile, find_slices
 from experiment.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
@@ -127,8 +130,10 @@ def evaluate(predictor: Predictor, data: LabelledSet, model: str, source: str) -
         first = f"; first: {unscored[0][0]}: {unscored[0][1]}" if unscored else ""
         raise DataError(f"nothing to score in {source}: none of {len(data.files)} labelled slice file(s) could be "
                         f"read, {sum(data.out_of_set.values())} out of set{first}")
-    metrics = classification_metrics([label for _, label in scored],
-                                     [names.index(record["prediction"]) for record, _ in scored], names)
+    top = [int(np.argmax([record["probabilities"][name] for name in names])) for record, _ in scored]
+    truth = [label for _, label in scored]
+    metrics = classification_metrics(truth, top, names)
+    answered = [record["prediction"] != OUT_OF_SCOPE for record, _ in scored]
     present = [name for name in names if metrics["per_class"][name]["support"] > 0]
     per_class = {name: metrics["per_class"][name] for name in present}
     return {
@@ -137,11 +142,18 @@ def evaluate(predictor: Predictor, data: LabelledSet, model: str, source: str) -
         "classes_present": present, "classes_absent": [name for name in names if name not in present],
         "recall": {name: per_class[name]["recall"] for name in present}, "per_class": per_class,
         "confusion_matrix": [metrics["confusion_matrix"][names.index(name)] for name in present],
+        "out_of_scope": {"threshold": predictor.threshold, "answered_out_of_scope": answered.count(False),
+                         "rate": answered.count(False) / len(answered),
+                         "accuracy_of_answered": float(np.mean([t == p for t, p, a in zip(truth, top, answered,
+                                                                                          strict=True) if a]))
+                         if any(answered) else None},
         "out_of_set": data.out_of_set, "unscored": [{"path": p, "reason": r} for p, r in unscored],
         "warnings": [{"path": record["path"], "warnings": record["warnings"]}
                      for record, _ in scored if record["warnings"]],
         "predictions": [{"path": record["path"], "label": names[label], "prediction": record["prediction"],
-                         "probabilities": record["probabilities"]} for record, label in scored],
+                         "top_class": names[index], "probabilities": record["probabilities"],
+                         "out_of_scope_score": record["out_of_scope_score"]}
+                        for (record, label), index in zip(scored, top, strict=True)],
     }
 
 
@@ -162,6 +174,13 @@ def markdown(report: dict[str, Any]) -> str:
               "| true \\ predicted | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     lines += [f"| {name} | " + " | ".join(map(str, row)) + " |"
               for name, row in zip(present, report["confusion_matrix"], strict=True)]
+    scope = report["out_of_scope"]
+    if scope["threshold"] is not None:
+        answered = "n/a" if scope["accuracy_of_answered"] is None else f"{scope['accuracy_of_answered']:.4f}"
+        lines += ["", f"Answered \"{OUT_OF_SCOPE}\": {scope['answered_out_of_scope']} of {report['n_scored']} slices "
+                      f"({scope['rate']:.1%}; score above {scope['threshold']:.4g}); for in-scope data each is a false "
+                      f"reject. The metrics above score every slice's top class; accuracy of the slices answered "
+                      f"with a class: {answered}."]
     if report["out_of_set"]:
         lines += ["", "Out of set (not scored): " + ", ".join(f"`{k}` ({v} files)"
                                                               for k, v in report["out_of_set"].items()) + "."]

@@ -30,7 +30,7 @@ from capsule_classifier import config as classifier_config
 from capsule_classifier.data import SliceDataset, load_pretrain_shards
 from capsule_classifier.deploy import save_classifier
 from datasets import config as data_config
-from datasets.augment import slice_augmentation
+from datasets.augment import RandCompose, slice_augmentation
 from datasets.config import data_identity
 from datasets.core import CLASS_NAMES, SliceSet, fold_count
 from datasets.shards import read_manifest
@@ -155,14 +155,14 @@ def _run_fold(cfg: DictConfig, run_dir: RunDir, device: torch.device, distribute
         monitor = Monitor(run_dir)
     val_batches = _eval_batches(parts["val"], cfg)
     pretrain_info = None
+    augmentation = slice_augmentation(**{k: v for k, v in cfg.augment.items() if k != "enabled"}) \
+        if cfg.augment.enabled else None  # one transform, reseeded per phase and epoch (PHASE_KEYS)
     try:
         if pretrain_tag(cfg.pretrain.shards) == "synthetic":
-            pretrain_info = _pretrain(cfg, trained, objective, val_batches, run_dir, monitor, device)
+            pretrain_info = _pretrain(cfg, trained, objective, val_batches, augmentation, run_dir, monitor, device)
             barrier()  # rank 0 writes best.pt; every rank starts fine-tuning from it
             load_model_state(model, load_checkpoint(run_dir.checkpoints / "pretrain" / "best.pt")["model"],
                              "pretrain best.pt")
-        augmentation = slice_augmentation(**{k: v for k, v in cfg.augment.items() if k != "enabled"}) \
-            if cfg.augment.enabled else None
         train = parts["train"]
         batches = TrainBatches(SliceDataset(train.images, train.labels), train.labels, cfg.train.batch_size,
                                cfg.seed, key=PHASE_KEYS["finetune"], balanced=cfg.train.balanced,
@@ -180,14 +180,16 @@ def _run_fold(cfg: DictConfig, run_dir: RunDir, device: torch.device, distribute
         monitor.close()
 
 
-def _pretrain(cfg: DictConfig, trained: nn.Module, objective: Objective, val_batches: DataLoader, run_dir: RunDir,
-              monitor: Monitor, device: torch.device) -> dict[str, Any]:
-    """Stage 1 on synthetic shards (selected on the real validation patients); return its provenance."""
+def _pretrain(cfg: DictConfig, trained: nn.Module, objective: Objective, val_batches: DataLoader,
+              augmentation: RandCompose | None, run_dir: RunDir, monitor: Monitor,
+              device: torch.device) -> dict[str, Any]:
+    """Stage 1 on synthetic shards, augmented like the real slices (selected on the real validation patients);
+    return its provenance."""
     images, labels, shard_manifest = load_pretrain_shards(cfg.pretrain.shards, cfg.data.image_size,
                                                           cfg.pretrain.strict)
     batches = TrainBatches(SliceDataset(images, labels), labels, cfg.train.batch_size, cfg.seed,
-                           key=PHASE_KEYS["pretrain"], balanced=cfg.pretrain.balanced, rank=rank(),
-                           world_size=world_size())
+                           key=PHASE_KEYS["pretrain"], balanced=cfg.pretrain.balanced, augmentation=augmentation,
+                           rank=rank(), world_size=world_size())
     result = _fit_phase(cfg, "pretrain", trained, objective, batches, val_batches, cfg.pretrain.epochs,
                         cfg.pretrain.lr, run_dir, monitor, device, patience=0)
     return {"shards": str(Path(cfg.pretrain.shards).resolve()), "num_images": int(labels.shape[0]),

@@ -1,21 +1,29 @@
 """Random training augmentations for batches of slices and volumes (MONAI style, batched in torch).
 
-Each augmentation is a deterministic transform (:class:`Flip`, :class:`Affine`,
-:class:`ScaleShiftIntensity`) plus a random twin (``Rand*``) that draws per-sample parameters in
-``randomize(n)`` from its own ``torch.Generator`` and delegates. :class:`RandCompose` reseeds every
-twin from ``(seed, *keys)`` so an epoch's augmentation is reproducible (exact resume).
+Each augmentation is a deterministic transform (:class:`Flip`, :class:`Affine`, :class:`ScaleShiftIntensity`,
+:class:`BiasField`, a ``torchvision.transforms.v2.functional`` op such as Gaussian blur or anti-aliased resize,
+or Pillow's JPEG codec) plus a random twin (``Rand*``) that draws per-sample parameters in ``randomize(n)`` from
+its own ``torch.Generator`` and delegates. :class:`RandCompose` reseeds every twin from ``(seed, *keys)`` so an
+epoch's augmentation is reproducible (exact resume). The appearance twins (:func:`slice_augmentation` with the
+``robust`` settings) span what another hospital's images differ in: bias field, blur and resolution, Rician
+noise, contrast curves and JPEG export.
 
 Transforms take and return float32 batches ``(N, C, H, W)`` (:class:`Flip` also volumes ``(N, C, T, H, W)``);
-they never modify their input. They are for real training data only: validation, test and prediction see
-no augmentation.
+they never modify their input. They are for training data only (real slices and synthetic ones in
+pretraining): validation, test and prediction see no augmentation.
 """
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+import torchvision.transforms.v2.functional as TF
+from PIL import Image
 
 from experiment.seeding import torch_generator
 
@@ -173,6 +181,194 @@ class RandScaleShiftIntensity(RandomTransform):
         return self.jitter(images, **self.params)
 
 
+class BiasField:
+    """Multiply each sample by a smooth field ``exp(sum_k c_k P_i(y) P_j(x))``: products of Legendre polynomials
+    of total degree ``1..degree`` over the image (MONAI's ``RandBiasField`` model), clamped to [0, 1]."""
+
+    def __init__(self, degree: int = 3) -> None:
+        if degree < 1:
+            raise ValueError(f"degree must be at least 1, got {degree}")
+        self.degree = degree
+        self.orders = [(i, j) for i in range(degree + 1) for j in range(degree + 1 - i) if i + j > 0]
+        self._basis: dict[tuple[int, int], torch.Tensor] = {}
+
+    def basis(self, height: int, width: int) -> torch.Tensor:
+        """The ``(K, height, width)`` polynomial products (cached per size)."""
+        if (height, width) not in self._basis:
+            orders = torch.arange(self.degree + 1)
+            y, x = (torch.special.legendre_polynomial_p(torch.linspace(-1, 1, n)[:, None], orders)
+                    for n in (height, width))
+            self._basis[height, width] = torch.stack([y[:, i, None] * x[None, :, j] for i, j in self.orders])
+        return self._basis[height, width]
+
+    def __call__(self, images: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
+        _check_batch(images)
+        basis = self.basis(*images.shape[-2:]).to(images.device)
+        field = torch.exp(torch.einsum("nk,khw->nhw", coefficients.to(images.device), basis))
+        return (images * field[:, None]).clamp(0.0, 1.0)
+
+
+class RandBiasField(RandomTransform):
+    """With probability ``prob`` per sample: a :class:`BiasField` with coefficients in ``±coeff``."""
+
+    def __init__(self, coeff: float = 0.3, degree: int = 3, prob: float = 0.3) -> None:
+        super().__init__()
+        _check_strength("bias field", coeff, prob)
+        self.field, self.coeff, self.prob = BiasField(degree), coeff, prob
+        self.coefficients = torch.zeros(0, len(self.field.orders))
+
+    def randomize(self, n: int) -> None:
+        active = self._coin(n, self.prob).float()[:, None]
+        draws = self._uniform(n * len(self.field.orders), -self.coeff, self.coeff)
+        self.coefficients = draws.view(n, -1) * active
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        self.randomize(images.shape[0])
+        return self.field(images, self.coefficients)
+
+
+class RandGamma(RandomTransform):
+    """With probability ``prob`` per sample: the contrast curve ``x ** g``, ``log g`` uniform in
+    ``±log(1 + gamma)`` (darker or brighter mid-tones, black and white kept)."""
+
+    def __init__(self, gamma: float = 0.4, prob: float = 0.3) -> None:
+        super().__init__()
+        _check_strength("gamma", gamma, prob)
+        self.log_gamma, self.prob = math.log1p(gamma), prob
+        self.exponents = torch.ones(0)
+
+    def randomize(self, n: int) -> None:
+        active = self._coin(n, self.prob).float()
+        self.exponents = torch.exp(self._uniform(n, -self.log_gamma, self.log_gamma) * active)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        _check_batch(images)
+        self.randomize(images.shape[0])
+        return images.clamp(0.0, 1.0) ** self.exponents.to(images.device).view(-1, 1, 1, 1)
+
+
+class RandRicianNoise(RandomTransform):
+    """With probability ``prob`` per sample: MRI magnitude noise ``|x + s (n1 + i n2)|``, ``s`` uniform in
+    ``[0, std]`` (of the [0, 1] range), clamped to [0, 1]."""
+
+    def __init__(self, std: float = 0.05, prob: float = 0.3) -> None:
+        super().__init__()
+        _check_strength("noise", std, prob)
+        self.std, self.prob = std, prob
+        self.sigmas = torch.zeros(0)
+
+    def randomize(self, n: int) -> None:
+        self.sigmas = self._uniform(n, 0.0, self.std) * self._coin(n, self.prob).float()
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        _check_batch(images)
+        self.randomize(images.shape[0])
+        out = images.clone()
+        chosen = torch.nonzero(self.sigmas > 0).flatten()  # noise is drawn for these samples only
+        noise = torch.randn((2, len(chosen), *images.shape[1:]), generator=self.generator).to(images.device)
+        sigma = self.sigmas[chosen].to(images.device).view(-1, 1, 1, 1)
+        out[chosen] = torch.hypot(images[chosen] + sigma * noise[0], sigma * noise[1]).clamp(0.0, 1.0)
+        return out
+
+
+class _PerSample(RandomTransform):
+    """A twin that applies a library op (torchvision, Pillow) to the selected samples one at a time, as its
+    parameter differs per sample: subclasses ``draw`` one parameter per sample and ``apply`` it to a
+    ``(C, H, W)`` image."""
+
+    def __init__(self, prob: float) -> None:
+        super().__init__()
+        self.prob = prob
+        self.selected, self.params = torch.zeros(0, dtype=torch.bool), torch.zeros(0)
+
+    def draw(self, n: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def apply(self, image: torch.Tensor, param: float) -> torch.Tensor:
+        raise NotImplementedError
+
+    def randomize(self, n: int) -> None:
+        self.selected, self.params = self._coin(n, self.prob), self.draw(n)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        _check_batch(images)
+        self.randomize(images.shape[0])
+        out = images.clone()
+        for index in torch.nonzero(self.selected).flatten().tolist():
+            out[index] = self.apply(images[index], float(self.params[index]))
+        return out
+
+
+class RandGaussianBlur(_PerSample):
+    """With probability ``prob`` per sample: Gaussian blur with ``sigma`` uniform in ``[0.25, sigma]`` pixels."""
+
+    def __init__(self, sigma: float = 1.0, prob: float = 0.3) -> None:
+        super().__init__(prob)
+        _check_strength("blur", sigma, prob)
+        self.sigma = max(sigma, 0.25)
+
+    def draw(self, n: int) -> torch.Tensor:
+        return self._uniform(n, 0.25, self.sigma)
+
+    def apply(self, image: torch.Tensor, param: float) -> torch.Tensor:
+        size = 2 * math.ceil(3 * param) + 1
+        return TF.gaussian_blur(image, [size, size], [param, param])
+
+
+class RandLowResolution(_PerSample):
+    """With probability ``prob`` per sample: resolution loss, an anti-aliased resize to a share of the side
+    uniform in ``[1 - downsample, 1]`` and back (bilinear)."""
+
+    def __init__(self, downsample: float = 0.5, prob: float = 0.3) -> None:
+        super().__init__(prob)
+        if not 0.0 <= downsample < 1.0:
+            raise ValueError(f"downsample must be in [0, 1), got {downsample}")
+        _check_strength("resolution loss", downsample, prob)
+        self.downsample = downsample
+
+    def draw(self, n: int) -> torch.Tensor:
+        return self._uniform(n, 1.0 - self.downsample, 1.0)
+
+    def apply(self, image: torch.Tensor, param: float) -> torch.Tensor:
+        side = list(image.shape[-2:])
+        small = TF.resize(image, [max(4, round(param * s)) for s in side], antialias=True)
+        return TF.resize(small, side, antialias=False).clamp(0.0, 1.0)
+
+
+class RandJPEG(_PerSample):
+    """With probability ``prob`` per sample: JPEG re-encoding (Pillow's libjpeg) at a quality drawn uniformly
+    from ``min_quality..95``."""
+
+    def __init__(self, min_quality: int = 30, prob: float = 0.3) -> None:
+        super().__init__(prob)
+        if not 1 <= min_quality <= 95:
+            raise ValueError(f"JPEG quality must be in 1..95, got {min_quality}")
+        _check_strength("JPEG", 1.0, prob)
+        self.min_quality = int(min_quality)
+
+    def draw(self, n: int) -> torch.Tensor:
+        return torch.randint(self.min_quality, 96, (n,), generator=self.generator)
+
+    def apply(self, image: torch.Tensor, param: float) -> torch.Tensor:
+        pixels = image.mul(255.0).round_().clamp_(0, 255).to(torch.uint8).cpu().numpy()
+        decoded = [_jpeg(channel, int(param)) for channel in pixels]
+        return torch.from_numpy(np.stack(decoded)).to(image.device, image.dtype).div_(255.0)
+
+
+def _jpeg(pixels: np.ndarray, quality: int) -> np.ndarray:
+    """A uint8 image after a JPEG round trip at ``quality``."""
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=quality)
+    buffer.seek(0)
+    with Image.open(buffer) as decoded:
+        return np.asarray(decoded)
+
+
+def _check_strength(name: str, strength: float, prob: float) -> None:
+    if strength < 0 or not 0.0 <= prob <= 1.0:
+        raise ValueError(f"bad {name} augmentation: strength={strength}, prob={prob}")
+
+
 class RandCompose:
     """Apply random transforms in order; :meth:`reseed` gives each its own generator from ``(seed, *keys)``."""
 
@@ -190,15 +386,61 @@ class RandCompose:
         return images
 
 
-def slice_augmentation(flip_prob: float = 0.5, rotate_deg: float = 10.0, scale: float = 0.1,
-                       translate: float = 0.05, intensity_scale: float = 0.1, intensity_shift: float = 0.05,
-                       prob: float = 0.8) -> RandCompose:
-    """The default augmentation of real training slices: horizontal flip, small affine, intensity jitter.
+@dataclass
+class SliceAugment:
+    """Settings of :func:`slice_augmentation`; the defaults are the ``robust`` augmentation, :data:`BASIC` the
+    former one.
+
+    ``flip_prob``: left-right flips; ``rotate_deg``, ``scale`` (zoom / field of view, ``1 ± scale``) and
+    ``translate`` (share of the side): the affine; ``prob``: per-slice chance of the affine and of the intensity
+    jitter (``intensity_scale``, ``intensity_shift``). Appearance, each with probability ``appearance_prob`` and
+    left out at 0: ``bias_field`` (largest coefficient of the log field), ``blur_sigma`` (largest Gaussian sigma,
+    px), ``downsample`` (largest share of resolution lost), ``noise_std`` (largest Rician sigma, share of the
+    range), ``gamma`` (curve ``x ** g``, ``g`` within ``1 + gamma`` either way), ``jpeg_quality`` (lowest quality).
+    """
+
+    flip_prob: float = 0.5
+    rotate_deg: float = 10.0
+    scale: float = 0.15
+    translate: float = 0.05
+    intensity_scale: float = 0.1
+    intensity_shift: float = 0.05
+    prob: float = 0.8
+    appearance_prob: float = 0.3
+    bias_field: float = 0.3
+    blur_sigma: float = 1.0
+    downsample: float = 0.5
+    noise_std: float = 0.04
+    gamma: float = 0.4
+    jpeg_quality: int = 30
+
+
+BASIC = SliceAugment(scale=0.1, bias_field=0.0, blur_sigma=0.0, downsample=0.0, noise_std=0.0, gamma=0.0,
+                     jpeg_quality=0)
+"""The augmentation before the robust settings: flip, affine and intensity jitter only."""
+
+
+def slice_augmentation(settings: SliceAugment | None = None, **overrides: float) -> RandCompose:
+    """The augmentation of training slices: horizontal flip, affine (rotation, zoom, shift), then bias field,
+    blur, resolution loss, Rician noise and gamma (each with probability ``appearance_prob``, left out at strength
+    0), intensity jitter, JPEG re-encoding. ``settings`` (default: robust) with ``overrides`` by field name.
 
     Only left-right flips: the brain is roughly symmetric about the mid-sagittal plane, top-bottom is not.
+    :data:`BASIC` gives the former augmentation, draw for draw.
     """
-    return RandCompose([RandFlip("horizontal", flip_prob), RandAffine(rotate_deg, scale, translate, prob),
-                        RandScaleShiftIntensity(intensity_scale, intensity_shift, prob)])
+    s = replace(settings or SliceAugment(), **overrides)
+    appearance = [(s.bias_field, lambda: RandBiasField(s.bias_field, prob=s.appearance_prob)),
+                  (s.blur_sigma, lambda: RandGaussianBlur(s.blur_sigma, s.appearance_prob)),
+                  (s.downsample, lambda: RandLowResolution(s.downsample, s.appearance_prob)),
+                  (s.noise_std, lambda: RandRicianNoise(s.noise_std, s.appearance_prob)),
+                  (s.gamma, lambda: RandGamma(s.gamma, s.appearance_prob))]
+    transforms: list[RandomTransform] = [RandFlip("horizontal", s.flip_prob),
+                                         RandAffine(s.rotate_deg, s.scale, s.translate, s.prob)]
+    transforms += [build() for strength, build in appearance if strength > 0]
+    transforms.append(RandScaleShiftIntensity(s.intensity_scale, s.intensity_shift, s.prob))
+    if s.jpeg_quality > 0:
+        transforms.append(RandJPEG(s.jpeg_quality, s.appearance_prob))
+    return RandCompose(transforms)
 
 
 def volume_augmentation(flip_dim: int, flip_prob: float = 0.5) -> RandCompose:

@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 
 from datasets.core import IMAGE_SIZES, PROTOCOLS, fold_count
 from datasets.figshare import GROUPINGS
+from datasets.transforms import GEOMETRIES
 from experiment.errors import ConfigError
 
 
@@ -38,7 +39,8 @@ class DataConfig(SplitConfig):
     ``split``: ``grouped`` (k folds grouped by patient) or ``cvind`` (the authors' 5 folds); ``subjects``: the
     bundle's ``figshare_subjects.csv`` (null = the one beside the bundle); ``group_by``: ``subject`` (patients;
     the default and the only leak-free choice) or ``series`` (the bundle's scan series: leaks patients across
-    scan planes, kept only to reproduce old results).
+    scan planes, kept only to reproduce old results); ``geometry``: ``canonical`` (crop to the head, pad to a
+    square, add figshare's margin, resize) or ``resize`` (stretch the whole image: the old preprocessing).
     """
 
     image_size: int = 128
@@ -46,18 +48,20 @@ class DataConfig(SplitConfig):
     k: int = 7
     subjects: Optional[str] = None
     group_by: str = "subject"
+    geometry: str = "canonical"
 
 
 def check_data(data: DataConfig) -> None:
     """Refuse ``data.*`` settings that cannot work, naming the key.
 
     Raises:
-        ConfigError: an unsupported image size, protocol or grouping, ``k`` outside 2..10, or a validation
+        ConfigError: an unsupported image size, protocol, grouping or geometry, ``k`` outside 2..10, or a validation
             share outside (0, 0.5).
     """
     checks = [("image_size", data.image_size in IMAGE_SIZES, f"one of {IMAGE_SIZES}"),
               ("split", data.split in PROTOCOLS, f"one of {PROTOCOLS}"),
               ("group_by", data.group_by in GROUPINGS, f"one of {GROUPINGS}"),
+              ("geometry", data.geometry in GEOMETRIES, f"one of {GEOMETRIES}"),
               ("k", isinstance(data.k, int) and 2 <= data.k <= 10, "an integer in 2..10"),
               ("val_fraction", 0 < data.val_fraction < 0.5, "in (0, 0.5)")]
     for key, ok, what in checks:

@@ -72,7 +72,7 @@ def build(source: str | Path = DEFAULT_SOURCE, out: str | Path = DEFAULT_OUT) ->
         if CLASS_NAMES[record.label] not in GLIOMA_GRADES:
             continue
         name = record.path.relative_to(scan.root).as_posix()
-        segmentation = _segmentation(record.path)
+        segmentation = segmentation_beside(record.path)
         if segmentation is None:
             skipped.append({"path": name, "reason": "no tumour segmentation beside it"})
         elif record.subject in subjects:
@@ -108,7 +108,7 @@ def build(source: str | Path = DEFAULT_SOURCE, out: str | Path = DEFAULT_OUT) ->
     return readme
 
 
-def _segmentation(volume: Path) -> Path | None:
+def segmentation_beside(volume: Path) -> Path | None:
     """The tumour map beside ``volume``: ``<case>_seg`` before ``<case>_seg_auto``, the longest matching case."""
     stem = _NIFTI.sub("", volume.name)
     found = []
@@ -136,7 +136,8 @@ def _volume_slices(record: VolumeRecord, segmentation: Path, name: str, folder: 
     slices = []
     for z in chosen:
         file = f"{CLASS_FOLDER}/{_NIFTI.sub('', record.path.name)}_z{z}.png"
-        atomic_write_bytes(folder.parent / file, _png(figshare_slice(data[:, :, z:z + 1], image.affine, record.path)))
+        picture = figshare_slice(data[:, :, z:z + 1], image.affine, record.path)
+        atomic_write_bytes(folder.parent / file, png_bytes(picture))
         slices.append({"file": file, "z": z, "tumour_mm2": round(float(area[z]), 1)})
     post_contrast = bool(_POST_CONTRAST.search(record.path.name))
     return {"volume": name, "subject": record.subject, "grade": CLASS_NAMES[record.label],
@@ -162,7 +163,8 @@ def figshare_slice(slab: np.ndarray, affine: np.ndarray, source: Path) -> np.nda
     return RobustNormalize()(np.pad(picture, pad, constant_values=values[counts.argmax()]))
 
 
-def _png(image: np.ndarray) -> bytes:
+def png_bytes(image: np.ndarray) -> bytes:
+    """``image`` (uint8, grey or RGB) encoded as PNG."""
     from PIL import Image
 
     buffer = io.BytesIO()

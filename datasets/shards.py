@@ -287,8 +287,8 @@ def _load_shard(data: bytes, path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Unpickle a checksummed shard and check its types before touching its arrays."""
     try:
         shard = safe_loads(data)
-    except UnsafePickleError:
-        raise
+    except UnsafePickleError as error:
+        raise UnsafePickleError(f"shard {path}: {error}") from error
     except Exception as error:  # a corrupt stream raises many types
         raise ShardError(f"shard {path} is not a readable pickle: {type(error).__name__}: {error}") from error
     if not isinstance(shard, dict) or not isinstance(shard.get("images"), np.ndarray) \

@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,18 +16,18 @@ import numpy as np
 from datasets.core import CLASS_NAMES, EMBEDDED_SAMPLE, DataError, SliceSet, default_cache_dir
 from datasets.figshare import read_bundle_slices, subjects_table_path
 from datasets.matlab import scan_mat_folder
-from datasets.transforms import preprocess_mask, preprocess_slice
+from datasets.transforms import preprocess_pair
 from experiment.atomic import atomic_open
 from experiment.progress import progress
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 2  # bump when preprocessing or the cached fields change, so old caches are rebuilt
+CACHE_VERSION = 3  # bump when preprocessing or the cached fields change, so old caches are rebuilt
 
 
 def load_slices(root: str | os.PathLike | None = None, image_size: int = 128, strict: bool = True,
                 cache_dir: str | os.PathLike | None = None, subjects: str | os.PathLike | None = None,
-                group_by: str = "subject") -> SliceSet:
+                group_by: str = "subject", geometry: str = "canonical") -> SliceSet:
     """Load, validate and preprocess the figshare slices at ``root`` (cached).
 
     Args:
@@ -38,6 +39,8 @@ def load_slices(root: str | os.PathLike | None = None, image_size: int = 128, st
         cache_dir: where preprocessed caches live (default :func:`datasets.core.default_cache_dir`).
         subjects: the bundle's patient table (default: ``figshare_subjects.csv`` beside the bundle).
         group_by: ``subject`` (patients) or, for a bundle only, ``series`` (leaks patients across planes).
+        geometry: ``canonical`` (head crop, square, margin) or ``resize`` (the old stretch); see
+            :data:`datasets.transforms.GEOMETRIES`.
     Raises:
         DataError: missing, empty or malformed data, naming the file.
     """
@@ -45,14 +48,14 @@ def load_slices(root: str | os.PathLike | None = None, image_size: int = 128, st
     if source.suffix != ".npz" and (group_by != "subject" or subjects not in (None, "")):
         raise DataError(f"{source}: a .mat folder is grouped by its PID; data.subjects and data.group_by=series "
                         "apply to the .npz bundle only")
-    key = _cache_key(source, image_size, strict, subjects, group_by)
+    key = _cache_key(source, image_size, strict, subjects, group_by, geometry)
     cache = Path(cache_dir or default_cache_dir()) / f"figshare-{key[:20]}.npz"
     slices = _read_cache(cache, key)
     if slices is None:
         if source.suffix == ".npz":
-            slices = _bundle_slices(source, image_size, subjects, group_by)
+            slices = _bundle_slices(source, image_size, subjects, group_by, geometry)
         else:
-            slices = _mat_slices(source, image_size, strict)
+            slices = _mat_slices(source, image_size, strict, geometry)
         _write_cache(cache, key, slices)
     if group_by == "series":
         log.warning("data.group_by=series: folds grouped by scan series share patients across planes (leaky)")
@@ -94,20 +97,27 @@ def class_counts_table(data: SliceSet) -> str:
     return "\n".join(lines)
 
 
-def _bundle_slices(path: Path, image_size: int, subjects: str | os.PathLike | None, group_by: str) -> SliceSet:
+def _preprocess(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], image_size: int, geometry: str,
+                desc: str) -> tuple[np.ndarray, np.ndarray]:
+    """Every slice and its mask in one geometry: uint8 and bool ``(N, S, S)``."""
+    pairs = [preprocess_pair(image, mask, image_size, geometry=geometry)
+             for image, mask in progress(zip(images, masks, strict=True), desc=desc, total=len(images))]
+    return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+
+def _bundle_slices(path: Path, image_size: int, subjects: str | os.PathLike | None, group_by: str,
+                   geometry: str) -> SliceSet:
     bundle = read_bundle_slices(path, subjects, group_by)
     arrays = bundle.arrays
-    images = np.stack([preprocess_slice(im, image_size) for im in
-                       progress(arrays["image"], desc=f"preprocess {path.name}")])
-    masks = np.stack([preprocess_mask(m, image_size) for m in arrays["mask"]])
+    images, masks = _preprocess(arrays["image"], arrays["mask"], image_size, geometry, f"preprocess {path.name}")
     return _slice_set(images, masks, arrays["label"], arrays["index"], bundle.subjects, bundle.planes,
                       arrays["cvind"], str(path), [])
 
 
-def _mat_slices(folder: Path, image_size: int, strict: bool) -> SliceSet:
+def _mat_slices(folder: Path, image_size: int, strict: bool, geometry: str) -> SliceSet:
     records, skipped = scan_mat_folder(folder, strict=strict)
-    images = np.stack([preprocess_slice(r.image, image_size) for r in records])
-    masks = np.stack([preprocess_mask(r.mask, image_size) for r in records])
+    images, masks = _preprocess([r.image for r in records], [r.mask for r in records], image_size, geometry,
+                                f"preprocess {folder.name}")
     return _slice_set(images, masks, np.array([r.label for r in records]), np.array([r.file_id for r in records]),
                       np.array([r.subject for r in records]), np.array([r.plane for r in records]),
                       np.array([r.cvind for r in records]), str(folder), skipped)
@@ -134,7 +144,7 @@ def _fingerprint(data: SliceSet) -> str:
 
 
 def _cache_key(source: Path, image_size: int, strict: bool, subjects: str | os.PathLike | None,
-               group_by: str) -> str:
+               group_by: str, geometry: str) -> str:
     """Hash of the input files' (name, size, mtime) and the preprocessing and grouping parameters."""
     files = [source] if source.is_file() else sorted(p for p in source.iterdir() if p.suffix.lower() == ".mat")
     if source.is_file():
@@ -142,7 +152,7 @@ def _cache_key(source: Path, image_size: int, strict: bool, subjects: str | os.P
         files += [table] if table is not None else []
     listing = [(str(p.resolve()), (st := p.stat()).st_size, st.st_mtime_ns) for p in files]
     blob = json.dumps({"v": CACHE_VERSION, "source": str(source.resolve()), "files": listing,
-                       "size": image_size, "strict": strict, "group_by": group_by})
+                       "size": image_size, "strict": strict, "group_by": group_by, "geometry": geometry})
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

@@ -179,7 +179,7 @@ def _check_patients_per_class(subjects: np.ndarray, labels: np.ndarray, needed: 
 def load_data(data_cfg: Any) -> SliceSet:
     """The slices that ``data_cfg`` (a :class:`datasets.config.DataConfig` node) names."""
     return load_slices(data_cfg.root, data_cfg.image_size, data_cfg.strict, data_cfg.cache_dir,
-                       data_cfg.subjects, data_cfg.group_by)
+                       data_cfg.subjects, data_cfg.group_by, data_cfg.geometry)
 
 
 def load_fold(data_cfg: Any, fold: int) -> tuple[SliceSet, dict[str, np.ndarray], Path]:

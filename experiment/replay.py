@@ -145,7 +145,7 @@ def replay(run_dir: Path, *, server: str, port: int, env: str | None = None, tim
 
 
 @reports_user_errors
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     defaults = MonitorConfig()
     parser = argparse.ArgumentParser(description="Replay a run directory's metrics.jsonl into visdom.")
     parser.add_argument("run_dir", type=Path)
@@ -160,7 +160,8 @@ def main(argv: list[str] | None = None) -> None:
         raise ReplayError(f"visdom server {args.server}:{args.port} unreachable ({error}); start one with "
                           "scripts/monitor.sh") from error
     print(f"{args.server}:{args.port}/env/{env}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import hydra
@@ -79,28 +80,35 @@ def build_augment(augment: Any, brains: np.ndarray, labels: np.ndarray) -> Augme
     """Transplant into a same-class brain, elastic tumour warp, flip, then a small affine (``augment.*``).
 
     Raises:
-        ConfigError: an ``augment.*`` value the transforms refuse (a probability outside [0, 1], ...).
+        ConfigError: an ``augment.*`` value a transform refuses (a probability outside [0, 1], ...), naming it.
     """
+    steps = [(("transplant_prob",), lambda: RandTumourTransplant(brains, labels, prob=augment.transplant_prob)),
+             (("elastic_alpha", "elastic_sigma"),
+              lambda: RandElasticTumour(alpha=augment.elastic_alpha, sigma=augment.elastic_sigma)),
+             (("flip_prob",), lambda: RandFlip(prob=augment.flip_prob)),
+             (("rotate_deg", "translate", "scale"), lambda: RandAffine(
+                 rotate_deg=augment.rotate_deg, translate=augment.translate, scale=tuple(augment.scale)))]
+    return AugmentGeometry([_configured(keys, make) for keys, make in steps])
+
+
+def _configured(keys: tuple[str, ...], make: Callable[[], Any]) -> Any:
+    """``make()``, its refusal of a setting reported as a :class:`ConfigError` naming ``augment.<keys>``."""
     try:
-        return AugmentGeometry([
-            RandTumourTransplant(brains, labels, prob=augment.transplant_prob),
-            RandElasticTumour(alpha=augment.elastic_alpha, sigma=augment.elastic_sigma),
-            RandFlip(prob=augment.flip_prob),
-            RandAffine(rotate_deg=augment.rotate_deg, translate=augment.translate, scale=tuple(augment.scale)),
-        ])
+        return make()
     except ValueError as error:  # the transforms' own checks of their settings
-        raise ConfigError(f"augment.*: {error}") from error
+        raise ConfigError(f"{', '.join(f'augment.{key}' for key in keys)}: {error}") from error
 
 
 def check_config(cfg: DictConfig) -> None:
-    """Refuse ``data.*``, ``count``, ``proportions``, ``shard_size`` and ``batch_size`` values that cannot work,
-    before anything is loaded.
+    """Refuse ``data.*``, ``count``, ``proportions``, ``augment.*``, ``shard_size`` and ``batch_size`` values that
+    cannot work, before anything is loaded.
 
     Raises:
         ConfigError: naming the key.
     """
     check_data(cfg.data)
     class_counts(cfg.count, cfg.proportions, np.ones(len(CLASS_NAMES)))
+    build_augment(cfg.augment, np.zeros((0, 1, 1), dtype=bool), np.zeros(0, dtype=np.int64))
     for key in ("shard_size", "batch_size"):
         if not isinstance(cfg[key], int) or cfg[key] < 1:
             raise ConfigError(f"{key} must be a positive integer, got {cfg[key]!r}")

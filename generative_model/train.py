@@ -44,7 +44,8 @@ from generative_model.checkpoint import (
 )
 from generative_model.conditions import CONDITION_CHANNELS, Geometry, brain_masks, render_conditions
 from generative_model.folds import FoldData, load_fold_data
-from generative_model.networks import define_D, define_G
+from generative_model.losses import GANLoss
+from generative_model.networks import define_D, define_G, get_norm_layer, init_weights
 from generative_model.pix2pix import LOSS_NAMES, Pix2Pix, count_parameters, generate, images_to_tensor
 from generative_model.quality import comparison_grid, quality_report
 
@@ -59,27 +60,20 @@ class ResumeRefused(UserError, FileExistsError):
 
 
 def build_pix2pix(cfg: DictConfig, device: torch.device) -> Pix2Pix:
-    """Generator, discriminator, losses, optimisers and schedulers from the config.
-
-    Raises:
-        ConfigError: ``net.*`` or ``loss.*`` name an unknown norm, initialisation or GAN mode.
-    """
+    """Generator, discriminator, losses, optimisers and schedulers from the config."""
     net = cfg.net
-    try:
-        generator = define_G(**generator_arch(net, cfg.data.image_size), init_type=net.init_type,
-                             init_gain=net.init_gain)
-        discriminator = define_D(input_nc=CONDITION_CHANNELS + 1, ndf=net.ndf, n_layers=net.d_layers,
-                                 norm=net.norm, init_type=net.init_type, init_gain=net.init_gain)
-        return Pix2Pix(generator=generator, discriminator=discriminator, lr=cfg.train.lr, beta1=cfg.train.beta1,
-                       gan_mode=cfg.loss.gan_mode, lambda_l1=cfg.loss.lambda_l1, epochs=cfg.train.epochs,
-                       epochs_decay=cfg.train.epochs_decay, device=device, amp=cfg.amp)
-    except ValueError as error:  # the builders' own checks of the names they are given
-        raise ConfigError(f"net.* / loss.*: {error}") from error
+    generator = define_G(**generator_arch(net, cfg.data.image_size), init_type=net.init_type,
+                         init_gain=net.init_gain)
+    discriminator = define_D(input_nc=CONDITION_CHANNELS + 1, ndf=net.ndf, n_layers=net.d_layers, norm=net.norm,
+                             init_type=net.init_type, init_gain=net.init_gain)
+    return Pix2Pix(generator=generator, discriminator=discriminator, lr=cfg.train.lr, beta1=cfg.train.beta1,
+                   gan_mode=cfg.loss.gan_mode, lambda_l1=cfg.loss.lambda_l1, epochs=cfg.train.epochs,
+                   epochs_decay=cfg.train.epochs_decay, device=device, amp=cfg.amp)
 
 
 def check_config(cfg: DictConfig) -> None:
     """Refuse ``data.*``, ``train.*``, ``net.*`` and ``loss.*`` settings that cannot work, before any data is
-    loaded (the builders check the names in :func:`build_pix2pix`).
+    loaded (names are checked by the builders that use them).
 
     Raises:
         ConfigError: naming the key.
@@ -97,6 +91,13 @@ def check_config(cfg: DictConfig) -> None:
     for key, value, ok, what in checks:
         if not ok:
             raise ConfigError(f"{key} must be {what}, got {value!r}")
+    for key, builder in (("net.norm", lambda: get_norm_layer(cfg.net.norm)),
+                         ("net.init_type", lambda: init_weights(torch.nn.Identity(), cfg.net.init_type)),
+                         ("loss.gan_mode", lambda: GANLoss(cfg.loss.gan_mode))):
+        try:
+            builder()
+        except ValueError as error:
+            raise ConfigError(f"{key}: {error}") from error
 
 
 def make_batch(fold: FoldData, brains: np.ndarray, index: np.ndarray,
@@ -126,10 +127,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         ConfigError: a setting that cannot work (:func:`check_config`, checked before anything is loaded).
     """
     check_config(cfg)
-    device = select_device(cfg.device)
-    seed_everything(cfg.seed)  # the initial weights
-    model = build_pix2pix(cfg, device)
     fold = load_fold_data(cfg.data, cfg.fold)
+    device = select_device(cfg.device)
     run_dir = RunDir(cfg.run_dir)
     run_dir.claim({**data_identity(cfg.data, fold.data.fingerprint), "fold": cfg.fold, "seed": cfg.seed,
                    "net": OmegaConf.to_container(cfg.net, resolve=True)})
@@ -138,6 +137,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise ResumeRefused(f"{run_dir.path} already holds checkpoints (newest {resume_from.name}); pass "
                               "resume=true to continue that run or choose another run_dir=")
     run_dir.write_config(cfg)
+    seed_everything(cfg.seed)  # the initial weights
+    model = build_pix2pix(cfg, device)
     arch = generator_arch(cfg.net, cfg.data.image_size)
     start_epoch = _resume(model, run_dir, resume_from, arch) if resume_from is not None else 0
     log.info("pix2pix on %s; %s", fold.describe(), describe(device))
