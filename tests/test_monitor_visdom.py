@@ -156,13 +156,17 @@ def test_replay_draws_the_logged_run(server: VisdomServer, tmp_path: Path, capsy
     assert traces(server.windows(other)["scalar:accuracy"]) == traces(windows["scalar:accuracy"])
 
 
-def test_replay_reports_missing_run_and_dead_server(tmp_path: Path) -> None:
-    assert replay_main([str(tmp_path / "no_such_run")]) == 1
+def test_replay_reports_missing_run_and_dead_server(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as missing:
+        replay_main([str(tmp_path / "no_such_run")])
+    assert missing.value.code == 2 and "no_such_run" in capsys.readouterr().err
     run_dir = RunDir(tmp_path / "run")
     tiny_training(Monitor(run_dir), epochs=1)
     with socket.socket() as placeholder:
         placeholder.bind(("127.0.0.1", 0))
-        assert replay_main([str(run_dir.path), "--port", str(placeholder.getsockname()[1])]) == 1
+        with pytest.raises(SystemExit) as dead:
+            replay_main([str(run_dir.path), "--port", str(placeholder.getsockname()[1])])
+    assert dead.value.code == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
 def test_every_page_asset_is_served_offline(server: VisdomServer) -> None:
