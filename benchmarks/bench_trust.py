@@ -63,13 +63,13 @@ MSP = "max_probability"
 GRID_EXAMPLES = 4
 
 
-def bench_fold(run: Path, out_of_scope: dict[int, OutOfScopeSet], out_of_scope_dir: Path, external: Path | None,
-               candidates: bool) -> dict[str, Any]:
+def bench_fold(run: Path, out_of_scope: dict[tuple[int, str], OutOfScopeSet], out_of_scope_dir: Path,
+               external: Path | None, candidates: bool) -> dict[str, Any]:
     """Every number of the module docstring for the fold in ``run``."""
-    parts, image_size = fold_parts(run)
-    if image_size not in out_of_scope:
-        out_of_scope[image_size] = load_out_of_scope(out_of_scope_dir, image_size)
-    written = fit_trust(run, parts, out_of_scope[image_size])
+    parts, image_size, geometry = fold_parts(run)
+    if (image_size, geometry) not in out_of_scope:
+        out_of_scope[image_size, geometry] = load_out_of_scope(out_of_scope_dir, image_size, geometry)
+    written = fit_trust(run, parts, out_of_scope[image_size, geometry])
     classifier, meta = load_classifier(run / MODEL_FILE)
     result: dict[str, Any] = {"run": str(run), "model": meta["model_name"], "fold": meta.get("fold"), **written}
     result["explanations"] = {k: v for k, v in written["explanations"].items() if k not in ("hits", "file_ids")}
@@ -79,7 +79,7 @@ def bench_fold(run: Path, out_of_scope: dict[int, OutOfScopeSet], out_of_scope_d
         result["external"] = {"data": str(external), "n": report["n_scored"], "accuracy": report["accuracy"],
                               **report["out_of_scope"]}
     if candidates:
-        result["candidates"] = compare_scores(classifier, meta["model_name"], parts, out_of_scope[image_size])
+        result["candidates"] = compare_scores(classifier, meta["model_name"], parts, out_of_scope[image_size, geometry])
     return result
 
 
@@ -103,7 +103,7 @@ def compare_scores(classifier: ProbabilityModel, model_name: str, parts: dict[st
 def explanation_grid(run: Path, path: Path) -> Path:
     """Overlays of up to :data:`GRID_EXAMPLES` test slices whose map peak hit the tumour and as many that
     missed, evenly spread over the fold's test slices, with the mask outlined."""
-    parts, _ = fold_parts(run)
+    parts, _, _ = fold_parts(run)
     test = parts["test"]
     classifier, meta = load_classifier(run / MODEL_FILE)
     hits = np.array(json.loads((run / "explanations.json").read_text())["hits"], dtype=bool)
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     runs = [path.parent for path, _ in find_summaries(args.runs)]
     ensure_built(args.out_of_scope)
-    sets: dict[int, OutOfScopeSet] = {}
+    sets: dict[tuple[int, str], OutOfScopeSet] = {}
     folds = [bench_fold(run, sets, args.out_of_scope, args.external, args.candidates) for run in runs]
     atomic_write_json(args.out, {"folds": folds, "out_of_scope_set": str(args.out_of_scope)})
     print(markdown(folds))

@@ -1,13 +1,14 @@
 """The deployable classifier checkpoint (``model.pt``) and a probabilities head for export and prediction.
 
-``model.pt`` holds the selected weights plus everything needed to rebuild and feed the model:
-model name and builder arguments, image size and class names; once ``capsule_classifier/trust.py`` has run on
-its fold, also ``calibration`` (the temperature, :mod:`capsule_classifier.calibration`) and ``out_of_scope``
-(the detector, :mod:`capsule_classifier.out_of_scope`). It is loaded with ``weights_only=True``, and
-its metadata is checked before anything is built: a supported image size, a list of class names, builder
-arguments that are plain numbers, a positive temperature, detector tensors of consistent shapes. A model file
-carries its weights: builder arguments that only initialise weights from another file
-(``ModelEntry.init_only_kwargs``) are dropped, never followed.
+``model.pt`` holds the selected weights plus everything needed to rebuild and feed the model: model name and
+builder arguments, image size, class names and the slice ``geometry`` it was trained with
+(:data:`datasets.transforms.GEOMETRIES`; ``canonical`` when the file does not say); once
+``capsule_classifier/trust.py`` has run on its fold, also ``calibration`` (the temperature,
+:mod:`capsule_classifier.calibration`) and ``out_of_scope`` (the detector, :mod:`capsule_classifier.out_of_scope`).
+It is loaded with ``weights_only=True``, and its metadata is checked before anything is built: a supported image
+size, a list of class names, a known geometry, builder arguments that are plain numbers, a positive temperature,
+detector tensors of consistent shapes. A model file carries its weights: builder arguments that only initialise
+weights from another file (``ModelEntry.init_only_kwargs``) are dropped, never followed.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from capsule_classifier.activations import captured
 from capsule_classifier.calibration import calibrate
 from capsule_classifier.out_of_scope import OutOfScopeDetector
 from datasets.core import IMAGE_SIZES, check_allocation
+from datasets.transforms import GEOMETRIES
 from experiment.checkpoint import CheckpointError, load_checkpoint, load_model_state, save_checkpoint
 from experiment.errors import UserError
 
@@ -46,6 +48,13 @@ def check_image_size(value: Any, source: str | os.PathLike) -> int:
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value not in IMAGE_SIZES:
         raise ModelInputError(f"{source}: image_size {value!r} is not one of the supported sizes {IMAGE_SIZES}")
+    return value
+
+
+def check_geometry(value: Any, source: str | os.PathLike) -> str:
+    """``value`` as one of :data:`datasets.transforms.GEOMETRIES`."""
+    if value not in GEOMETRIES:
+        raise ModelInputError(f"{source}: geometry {str(value)[:40]!r} is not one of {GEOMETRIES}")
     return value
 
 
@@ -109,6 +118,7 @@ def load_classifier(path: str | os.PathLike) -> tuple[ProbabilityModel, dict[str
     meta = {key: value for key, value in state.items() if key != "model"}
     meta["image_size"] = check_image_size(state["image_size"], path)
     meta["class_names"] = check_class_names(state["class_names"], path)
+    meta["geometry"] = check_geometry(state.get("geometry", GEOMETRIES[0]), path)
     meta["model_kwargs"] = _builder_kwargs(path, state["model_name"], state["model_kwargs"])
     arguments = {"num_classes": len(meta["class_names"]), "image_size": meta["image_size"], **meta["model_kwargs"]}
     try:

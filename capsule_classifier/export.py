@@ -3,14 +3,14 @@
     python capsule_classifier/export.py runs/classifier/capsnet/grouped-k7/scratch/fold0/model.pt [--out model.onnx]
 
 The ONNX graph (opset 17, TorchScript exporter) maps float32 ``image`` ``(batch, 1, S, S)`` with
-intensities in [0, 1] (the training preprocessing, uint8 / 255) to ``probabilities`` ``(batch, C)``, calibrated
-with the checkpoint's temperature, and, when the checkpoint has an out-of-scope detector, to
-``out_of_scope_score`` ``(batch,)``; the batch axis is dynamic. Model name, image size, class names, the
-temperature and the out-of-scope threshold travel in the ONNX metadata. The export is checked with onnxruntime
-on real slices of the embedded sample: the largest absolute probability difference must stay below
-``--tolerance`` (1e-4), and the largest relative score difference below :data:`SCORE_TOLERANCE`, else the file
-is not kept. An expected error
-(a bad checkpoint, a failed parity check) ends with one line and exit code 2; ``--debug`` shows the traceback.
+intensities in [0, 1] (the training preprocessing in the model's geometry, uint8 / 255) to ``probabilities``
+``(batch, C)``, calibrated with the checkpoint's temperature, and, when the checkpoint has an out-of-scope
+detector, to ``out_of_scope_score`` ``(batch,)``; the batch axis is dynamic. Model name, image size, class
+names, slice geometry, the temperature and the out-of-scope threshold travel in the ONNX metadata. The export is
+checked with onnxruntime on real slices of the embedded sample: the largest absolute probability difference
+must stay below ``--tolerance`` (1e-4), and the largest relative score difference below
+:data:`SCORE_TOLERANCE`, else the file is not kept. An expected error (a bad checkpoint, a failed parity check)
+ends with one line and exit code 2; ``--debug`` shows the traceback.
 """
 from __future__ import annotations
 
@@ -117,7 +117,7 @@ def export(checkpoint: str | os.PathLike, out: str | os.PathLike, opset: int = O
     metadata = {"model_name": meta["model_name"], "image_size": str(size),
                 "class_names": json.dumps(meta["class_names"]), "opset": str(opset),
                 "input": f"float32 (batch, 1, {size}, {size}), uint8 slice / 255 after preprocess_slice",
-                "temperature": repr(float(classifier.temperature))}
+                "temperature": repr(float(classifier.temperature)), "geometry": meta["geometry"]}
     if classifier.detector is not None:
         metadata[THRESHOLD_KEY] = repr(classifier.detector.threshold)
     payload = to_onnx_bytes(classifier, size, opset, metadata)

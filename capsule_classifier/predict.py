@@ -8,7 +8,7 @@ and show where the model looked.
 ``capsule_classifier/export.py``. Each ``INPUT`` is a slice file (figshare ``.mat``, whatever its name;
 ``.png``/``.jpg``, converted to grey; a 2-D ``.npy`` array) or a folder, searched recursively; paths are shown
 relative to the folder. Every slice goes through exactly the training preprocessing
-(``datasets.transforms.preprocess_slice`` at the model's image size).
+(``datasets.transforms.preprocess_slice`` at the model's image size and in its geometry).
 
 Probabilities are calibrated when the model is (``capsule_classifier/trust.py``). A model with an out-of-scope
 detector also gives each slice its ``out_of_scope_score``; above the model's threshold the prediction is
@@ -39,10 +39,10 @@ import numpy as np
 import torch
 
 from capsule_classifier.data import to_input
-from capsule_classifier.deploy import ModelInputError, check_class_names, check_image_size
+from capsule_classifier.deploy import ModelInputError, check_class_names, check_geometry, check_image_size
 from capsule_classifier.export import INPUT_NAME, OUTPUT_NAME, SCORE_NAME, THRESHOLD_KEY
 from datasets.core import DataError, check_allocation
-from datasets.transforms import preprocess_slice
+from datasets.transforms import GEOMETRIES, preprocess_slice
 from datasets.user_slices import InputFile, find_slices, read_slice
 from experiment.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from experiment.cli import reports_user_errors, strip_debug_flag
@@ -71,7 +71,7 @@ class Predictor:
             self.classifier, meta = load_classifier(self.path)
             self.session = None
             self.image_size, self.class_names = meta["image_size"], meta["class_names"]
-            self.model_name = meta["model_name"]
+            self.model_name, self.geometry = meta["model_name"], meta["geometry"]
             detector = self.classifier.detector
             self.threshold = None if detector is None else detector.threshold
 
@@ -94,6 +94,7 @@ class Predictor:
             raise ModelInputError(f"{self.path} lacks image_size/class_names metadata; export it with "
                                   "capsule_classifier/export.py")
         self.image_size = check_image_size(metadata["image_size"], self.path)
+        self.geometry = check_geometry(metadata.get("geometry", GEOMETRIES[0]), self.path)
         try:
             self.class_names = check_class_names(json.loads(metadata["class_names"]), self.path)
         except json.JSONDecodeError:
@@ -116,7 +117,7 @@ class Predictor:
 
     def preprocess(self, image: np.ndarray) -> np.ndarray:
         """The training preprocessing of one raw slice -> uint8 (S, S)."""
-        return preprocess_slice(image, self.image_size)
+        return preprocess_slice(image, self.image_size, geometry=self.geometry)
 
     def scored(self, slices: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Calibrated class probabilities (N, C) and out-of-scope scores (N,) (None without a detector) of

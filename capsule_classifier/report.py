@@ -8,8 +8,11 @@ sample std of test accuracy and macro-F1 over folds, per-class precision/recall/
 confusion matrix and parameter counts, and a comparison table across groups. Every pretrained setting is
 also compared with training from scratch fold by fold (same test patients), which removes the fold-to-fold
 spread of difficulty from the difference; so is every model with the ResNet50 baseline under the same
-pretraining. Written atomically to
-``--out``: ``report.md``, ``report.json``, ``confusion-<group>.png`` and ``folds-<group>.png``.
+pretraining. Folds that went through the trust step (:mod:`capsule_classifier.trust`) also give calibration (ECE,
+Brier score before and after, a reliability diagram pooled over folds), out-of-scope detection (test false
+rejects, AUROC per out-of-scope source) and the explanation maps' pointing game. Written atomically to
+``--out``: ``report.md``, ``report.json``, ``confusion-<group>.png``, ``folds-<group>.png`` and
+``reliability-<group>.png``.
 """
 from __future__ import annotations
 
@@ -26,6 +29,8 @@ import numpy as np
 from scipy.stats import wilcoxon
 
 from capsule_classifier import BASELINE, BASELINE_RATIO
+from capsule_classifier.calibration import reliability_figure
+from capsule_classifier.trust import aggregate_lines, aggregate_trust, read_trust
 from experiment.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text, remove_temporaries
 from experiment.cli import reports_user_errors, strip_debug_flag
 from experiment.errors import UserError
@@ -149,6 +154,10 @@ def build_report(summaries: Sequence[tuple[Path, dict[str, Any]]]) -> dict[str, 
                           "n": s["test"].get("n"), "wall_time_s": s.get("wall_time_s")} for _, s in members],
             "aggregate": aggregate_folds([s["test"] for _, s in members]),
         }
+        trust = [read_trust(path.parent) for path, _ in members]
+        if all(t is not None for t in trust):
+            report["groups"][key]["trust"] = aggregate_trust(
+                [{**t, "fold": s["fold"]} for t, (_, s) in zip(trust, members, strict=True)])
     for name, (axis, baseline, _) in PAIRINGS.items():
         report[name] = paired_comparisons(report["groups"], axis, baseline)
     return report
@@ -233,6 +242,13 @@ def markdown(report: dict[str, Any], details: bool = True) -> str:
     for name, (_, _, title) in PAIRINGS.items():
         if report.get(name):
             lines += _paired_lines(title, report[name])
+    trusted = {key: group["trust"] for key, group in report["groups"].items() if "trust" in group}
+    if trusted:
+        lines += ["", "## Calibration, out of scope and explanation maps", "",
+                  "Test patients, mean ± sample std over folds: temperature fitted on validation, ECE (15 bins) and "
+                  "Brier score before and after; share of in-scope test slices rejected as out of scope; AUROC of "
+                  "in-scope test slices against each out-of-scope source; Grad-CAM peak inside the tumour (pointing "
+                  "game) and map mass inside the dilated mask.", "", *aggregate_lines(trusted)]
     for key, group in report["groups"].items() if details else ():
         agg = group["aggregate"]
         names = group["class_names"]
@@ -248,7 +264,8 @@ def markdown(report: dict[str, Any], details: bool = True) -> str:
         lines += [f"| {name} | " + " | ".join(str(v) for v in row) + " |"
                   for name, row in zip(names, agg["confusion_matrix"], strict=True)]
         slug = _slug(key)
-        lines += ["", f"![confusion](confusion-{slug}.png) ![folds](folds-{slug}.png)"]
+        lines += ["", f"![confusion](confusion-{slug}.png) ![folds](folds-{slug}.png)"
+                  + (f" ![reliability](reliability-{slug}.png)" if "trust" in group else "")]
     return "\n".join(lines) + "\n"
 
 
@@ -265,6 +282,11 @@ def write_report(report: dict[str, Any], out: str | os.PathLike) -> list[Path]:
         slug = _slug(key)
         written.append(_save_png(out / f"confusion-{slug}.png", _confusion_figure(key, group)))
         written.append(_save_png(out / f"folds-{slug}.png", _folds_figure(key, group)))
+        if "trust" in group:
+            pooled = group["trust"]["test_reliability"]
+            curves = {f"test {stage}": {"reliability": pooled[stage], "ece": pooled[stage]["ece"]} for stage in pooled}
+            figure = reliability_figure(curves, f"{key}: test slices of {len(group['folds'])} folds")
+            written.append(_save_png(out / f"reliability-{slug}.png", figure))
     return written
 
 

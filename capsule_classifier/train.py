@@ -6,10 +6,14 @@
 
 Stage 1 (optional) pretrains on synthetic shards; stage 2 fine-tunes on the fold's real training
 patients with augmentation, selects the epoch with the best validation macro-F1 and evaluates it
-once on the fold's test patients. The run directory (deterministic, see ``configs/train.yaml``)
-receives ``config.yaml``, ``metrics.jsonl``, ``checkpoints/``, ``model.pt`` (deployable),
-``predictions.json`` (test file ids, subjects, labels, scores, probabilities) and ``summary.json``
-(written last: a fold with a summary is finished and is not rerun).
+once on the fold's test patients; then the trust step (:mod:`capsule_classifier.trust`) calibrates it on the
+validation patients, fits its out-of-scope detector (training patients + the ``out_of_scope`` set) and checks
+its explanation maps against the test patients' tumour masks. The run directory (deterministic, see
+``configs/train.yaml``) receives ``config.yaml``, ``metrics.jsonl``, ``checkpoints/``, ``model.pt``
+(deployable: calibrated, with its detector and slice geometry), ``predictions.json`` (test file ids, subjects,
+labels, scores, probabilities, calibrated probabilities), ``calibration.json``, ``reliability.png``,
+``out_of_scope.json``, ``explanations.json`` and ``summary.json`` (written last: a fold with a summary is
+finished and is not rerun).
 """
 from __future__ import annotations
 
@@ -27,12 +31,15 @@ from torch.utils.data import DataLoader
 
 from capsule_classifier import build_model, build_objective, model_entry, parameter_counts
 from capsule_classifier import config as classifier_config
+from capsule_classifier.calibration import calibrate
 from capsule_classifier.data import SliceDataset, load_pretrain_shards
 from capsule_classifier.deploy import save_classifier
+from capsule_classifier.trust import fit_trust, headline_numbers
 from datasets import config as data_config
 from datasets.augment import RandCompose, slice_augmentation
 from datasets.config import data_identity
 from datasets.core import CLASS_NAMES, SliceSet, fold_count
+from datasets.out_of_scope_set import ensure_built, load_out_of_scope
 from datasets.shards import read_manifest
 from datasets.splits import load_fold
 from experiment import config as experiment_config
@@ -214,19 +221,24 @@ def _fit_phase(cfg: DictConfig, phase: str, trained: nn.Module, objective: Objec
 def _test_and_save(cfg: DictConfig, model: nn.Module, objective: Objective, parts: dict[str, SliceSet],
                    result: FitResult, model_kwargs: dict[str, Any], run_dir: RunDir, device: torch.device,
                    data: SliceSet, folds_path: Path, k: int, pretrain_info: dict[str, Any] | None) -> dict[str, Any]:
-    """Evaluate the selected model once on the test patients; write predictions, model.pt and summary.json."""
+    """Evaluate the selected model once on the test patients; write model.pt, run the trust step, write
+    predictions and summary.json."""
     test = parts["test"]
     metrics, y_true, y_score = evaluate(model, objective, _eval_batches(test, cfg), device, CLASS_NAMES, cfg.amp,
                                         cfg.cpu_bf16)
-    probabilities = objective.probabilities(torch.from_numpy(y_score))
-    atomic_write_json(run_dir.path / "predictions.json", {
-        "class_names": list(CLASS_NAMES), "file_ids": test.file_ids.tolist(), "subjects": test.subjects.tolist(),
-        "y_true": y_true.tolist(), "y_pred": y_score.argmax(1).tolist(), "scores": y_score.tolist(),
-        "probabilities": probabilities.numpy().round(6).tolist()})
     init_only = model_entry(cfg.model.name).init_only_kwargs
     deploy_kwargs = {k: v for k, v in model_kwargs.items() if k not in init_only}
     save_classifier(run_dir.path / "model.pt", model, cfg.model.name, deploy_kwargs, cfg.data.image_size,
-                    CLASS_NAMES, fold=int(cfg.fold), epoch=int(result.best_epoch))
+                    CLASS_NAMES, fold=int(cfg.fold), epoch=int(result.best_epoch), geometry=cfg.data.geometry)
+    out_of_scope = load_out_of_scope(ensure_built(cfg.out_of_scope), cfg.data.image_size, cfg.data.geometry)
+    trust = fit_trust(run_dir.path, parts, out_of_scope)
+    probabilities = objective.probabilities(torch.from_numpy(y_score))
+    temperature = trust["calibration"]["temperature"]
+    atomic_write_json(run_dir.path / "predictions.json", {
+        "class_names": list(CLASS_NAMES), "file_ids": test.file_ids.tolist(), "subjects": test.subjects.tolist(),
+        "y_true": y_true.tolist(), "y_pred": y_score.argmax(1).tolist(), "scores": y_score.tolist(),
+        "probabilities": probabilities.numpy().round(6).tolist(), "temperature": temperature,
+        "calibrated_probabilities": calibrate(probabilities, temperature).numpy().round(6).tolist()})
     summary = {
         "model": cfg.model.name, "model_kwargs": model_kwargs, "fold": int(cfg.fold), "split": cfg.data.split,
         "k": k, "tag": cfg.tag, "class_names": list(CLASS_NAMES), "pretrained": pretrain_info is not None,
@@ -239,6 +251,7 @@ def _test_and_save(cfg: DictConfig, model: nn.Module, objective: Objective, part
                  "subjects": {name: len(set(part.subjects.tolist())) for name, part in parts.items()}},
         "folds_file": str(folds_path), "pretrain": pretrain_info, "device": describe(device),
         "world_size": world_size(), "checkpoint": "model.pt", "predictions": "predictions.json",
+        "trust": headline_numbers(trust),
     }
     run_dir.write_summary(summary)
     log.info("fold %d test: accuracy %.4f, macro-F1 %.4f (epoch %d) -> %s", cfg.fold, metrics["accuracy"],

@@ -48,6 +48,8 @@ from experiment.rundir import CONFIG_FILE
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.pt"
+LEGACY_GEOMETRY = "resize"
+"""The slice geometry of runs whose config predates ``data.geometry``."""
 FILES = {"calibration": "calibration.json", "out_of_scope": "out_of_scope.json", "explanations": "explanations.json"}
 
 
@@ -160,6 +162,47 @@ def headline_numbers(written: dict[str, Any]) -> dict[str, Any]:
             "pointing_game": maps["pointing_game"], "mass_in_dilated_mask": maps["mass_in_dilated_mask"]}
 
 
+def aggregate_trust(folds: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Over folds (each :func:`read_trust`'s result with ``fold``): per fold and mean ± sample std of
+    :func:`headline_numbers`, and the test reliability tables before and after calibration pooled over folds."""
+    per_fold = [{"fold": f["fold"], **headline_numbers(f)} for f in folds]
+    keys = [key for key in per_fold[0] if key != "fold" and all(key in row for row in per_fold)]
+    stats = {key: {"mean": float(np.mean(values := [row[key] for row in per_fold])),
+                   "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0} for key in keys}
+    pooled = {stage: pool_reliability([f["calibration"]["test"][stage]["reliability"] for f in folds])
+              for stage in ("before", "after")}
+    return {"per_fold": per_fold, **stats, "test_reliability": pooled}
+
+
+def aggregate_lines(groups: dict[str, dict[str, Any]]) -> list[str]:
+    """A Markdown table of :func:`aggregate_trust` results, one row per setting: mean ± sample std over folds."""
+    columns = [("T", ["temperature"]), ("test ECE before -> after", ["test_ece_before", "test_ece_after"]),
+               ("test Brier before -> after", ["test_brier_before", "test_brier_after"]),
+               ("test false rejects", ["test_false_reject"]),
+               *[(f"AUROC {source}", [f"auroc_{source}"]) for source in SOURCES],
+               ("pointing game", ["pointing_game"]), ("mass in dilated mask", ["mass_in_dilated_mask"])]
+    lines = ["| setting | folds | " + " | ".join(title for title, _ in columns) + " |",
+             "|---" * (2 + len(columns)) + "|"]
+    for key, group in groups.items():
+        cells = [" -> ".join(f"{group[k]['mean']:.3f} ± {group[k]['std']:.3f}" if k in group else "-" for k in keys)
+                 for _, keys in columns]
+        lines.append(f"| {key} | {len(group['per_fold'])} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def pool_reliability(tables: Sequence[dict[str, list]]) -> dict[str, Any]:
+    """Reliability tables of several sets merged bin by bin (slice-weighted), with their ECE."""
+    count = np.sum([t["count"] for t in tables], axis=0)
+    merged: dict[str, Any] = {"count": count.tolist(), "confidence": [], "accuracy": []}
+    for key in ("confidence", "accuracy"):
+        weighted = np.sum([[0.0 if v is None else v * n for v, n in zip(t[key], t["count"], strict=True)]
+                           for t in tables], axis=0)
+        merged[key] = [float(w / n) if n else None for w, n in zip(weighted, count, strict=True)]
+    merged["ece"] = float(sum(n * abs(a - c) for n, a, c in zip(count, merged["accuracy"], merged["confidence"],
+                                                                strict=True) if n) / count.sum())
+    return merged
+
+
 def read_trust(run_dir: str | os.PathLike) -> dict[str, Any] | None:
     """What :func:`fit_trust` wrote in ``run_dir`` (the three JSON files), or None when it has not run there."""
     try:
@@ -188,18 +231,20 @@ def trust_table(folds: Sequence[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def fold_parts(run_dir: str | os.PathLike) -> tuple[dict[str, SliceSet], int]:
-    """The ``train``, ``val`` and ``test`` slices of the fold that ``run_dir`` trained on (from its config), and
-    their image size."""
+def fold_parts(run_dir: str | os.PathLike) -> tuple[dict[str, SliceSet], int, str]:
+    """The ``train``, ``val`` and ``test`` slices of the fold that ``run_dir`` trained on (from its config), their
+    image size and slice geometry (``resize`` for a config older than ``data.geometry``, as it was then)."""
     cfg = OmegaConf.load(Path(run_dir) / CONFIG_FILE)
-    data, index, _ = load_fold(cfg.data, cfg.fold)
-    return {name: data.subset(indices) for name, indices in index.items()}, int(cfg.data.image_size)
+    data_cfg = OmegaConf.merge({"geometry": LEGACY_GEOMETRY}, cfg.data)
+    data, index, _ = load_fold(data_cfg, cfg.fold)
+    parts = {name: data.subset(indices) for name, indices in index.items()}
+    return parts, int(data_cfg.image_size), str(data_cfg.geometry)
 
 
 def trust_run(run_dir: str | os.PathLike, out_of_scope_dir: str | os.PathLike = DEFAULT_OUT) -> dict[str, Any]:
     """:func:`fit_trust` on a finished fold run directory, with its fold's slices and the out-of-scope set."""
-    parts, image_size = fold_parts(run_dir)
-    return fit_trust(run_dir, parts, load_out_of_scope(ensure_built(out_of_scope_dir), image_size))
+    parts, image_size, geometry = fold_parts(run_dir)
+    return fit_trust(run_dir, parts, load_out_of_scope(ensure_built(out_of_scope_dir), image_size, geometry))
 
 
 @reports_user_errors

@@ -35,7 +35,7 @@ from scipy import ndimage
 
 from datasets.core import DataError
 from datasets.external_glioma import GLIOMA_GRADES, figshare_slice, png_bytes, segmentation_beside
-from datasets.transforms import preprocess_slice
+from datasets.transforms import GEOMETRIES, preprocess_slice
 from datasets.user_slices import read_slice
 from datasets.volumes import CLASS_NAMES as VOLUME_CLASSES
 from datasets.volumes import VolumeError, read_header, scan_volumes
@@ -125,8 +125,9 @@ def ensure_built(out: str | Path = DEFAULT_OUT, source: str | Path = DEFAULT_SOU
     return out
 
 
-def load_out_of_scope(folder: str | Path, image_size: int) -> OutOfScopeSet:
-    """The set under ``folder``, read and preprocessed as ``predict.py`` reads a user's files.
+def load_out_of_scope(folder: str | Path, image_size: int, geometry: str = GEOMETRIES[0]) -> OutOfScopeSet:
+    """The set under ``folder``, read and preprocessed (in slice ``geometry``) as ``predict.py`` reads a user's
+    files.
 
     Raises:
         DataError: no README.json, or a listed file that cannot be read.
@@ -137,7 +138,8 @@ def load_out_of_scope(folder: str | Path, image_size: int) -> OutOfScopeSet:
     except (OSError, ValueError, KeyError) as error:
         raise DataError(f"{folder}: not an out-of-scope set (build it with python -m datasets.out_of_scope_set): "
                         f"{error}") from error
-    images = np.stack([preprocess_slice(read_slice(folder / e["file"]), image_size) for e in entries])
+    images = np.stack([preprocess_slice(read_slice(folder / e["file"]), image_size, geometry=geometry)
+                       for e in entries])
     return OutOfScopeSet(images, *(np.array([e[key] for e in entries]) for key in ("file", "source", "group",
                                                                                     "part")))
 

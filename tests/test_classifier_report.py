@@ -1,4 +1,4 @@
-"""capsule_classifier/report.py over fabricated fold summaries of two settings."""
+"""capsule_classifier/report.py over fabricated fold summaries of two settings (and trust-step files)."""
 from __future__ import annotations
 
 import json
@@ -6,8 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from capsule_classifier.calibration import calibrate, calibration_metrics
 from capsule_classifier.report import ReportError, build_report, find_summaries, main, markdown
+from capsule_classifier.trust import FILES
 from datasets.core import CLASS_NAMES
 from experiment.atomic import atomic_write_json
 from experiment.metrics import classification_metrics
@@ -91,3 +94,36 @@ def test_models_are_compared_with_resnet50_under_the_same_pretraining(tmp_path: 
     assert "## Models against the ResNet50 baseline, paired by fold" in text
     accuracy = np.mean([caps[f]["test"]["accuracy"] - resnet[f]["test"]["accuracy"] for f in range(3)])
     assert f"| capsnet/scratch/grouped-k7/128px | resnet50/scratch/grouped-k7/128px | 3 | +{accuracy:.4f}" in text
+
+
+def _trust(run_dir: Path, temperature: float, pointing_game: float) -> None:
+    """The three files the trust step writes, for made-up test probabilities of 30 slices."""
+    labels = np.arange(30) % 3
+    raw = np.full((30, 3), 0.2)
+    raw[np.arange(30), labels] = 0.6
+    after = calibrate(torch.from_numpy(raw), temperature).numpy()
+    files = {"calibration": {"temperature": temperature, "test": {"before": calibration_metrics(raw, labels),
+                                                                   "after": calibration_metrics(after, labels)}},
+             "out_of_scope": {"test_false_reject": 0.05, "sources": {"photographs": {"n": 4, "auroc": 1.0}}},
+             "explanations": {"pointing_game": pointing_game, "mass_in_dilated_mask": 0.25}}
+    for key, content in files.items():
+        atomic_write_json(run_dir / FILES[key], content)
+
+
+def test_trust_step_numbers_are_aggregated_where_every_fold_has_them(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    for fold, (temperature, pointing) in enumerate([(0.5, 0.6), (0.7, 0.8)]):
+        _fold(runs, "capsnet", "scratch", fold, 3)
+        _trust(runs / "capsnet" / "grouped-k7" / "scratch" / f"fold{fold}", temperature, pointing)
+    _fold(runs, "resnet50", "scratch", 0, 3)  # no trust step: no trust numbers
+    main([str(runs), "--out", str(tmp_path / "report")])
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    trust = report["groups"]["capsnet/scratch/grouped-k7/128px"]["trust"]
+    assert trust["temperature"]["mean"] == pytest.approx(0.6) and trust["pointing_game"]["mean"] == pytest.approx(0.7)
+    assert trust["test_reliability"]["before"]["count"][9] == 60  # both folds' 30 slices at top probability 0.6
+    assert trust["test_ece_before"]["mean"] == pytest.approx(trust["test_reliability"]["before"]["ece"])
+    assert "trust" not in report["groups"]["resnet50/scratch/grouped-k7/128px"]
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    assert "## Calibration, out of scope and explanation maps" in markdown and "| 0.600 ± 0.141 |" in markdown
+    assert (tmp_path / "report" / "reliability-capsnet_scratch_grouped-k7_128px.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (tmp_path / "report" / "reliability-resnet50_scratch_grouped-k7_128px.png").exists()

@@ -14,6 +14,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig
+from tiny_models import small_out_of_scope_set
 from torchvision.models import resnet50 as torchvision_resnet50
 
 from capsule_classifier import train
@@ -38,7 +39,8 @@ def make_cfg(tmp_path: Path, *overrides: str) -> DictConfig:
         return compose("train", overrides=[
             f"out={tmp_path / 'runs'}", f"data.splits_dir={tmp_path / 'splits'}", "data.image_size=32",
             "monitor.visdom=false", "train.epochs=2", "train.batch_size=16", "train.patience=0",
-            "eval_batch_size=64", "device=cpu", *overrides])
+            "eval_batch_size=64", "device=cpu", f"out_of_scope={small_out_of_scope_set(tmp_path / 'oos')}",
+            *overrides])
 
 
 def test_fold_writes_a_complete_run_dir_and_is_not_rerun(tmp_path: Path) -> None:
@@ -46,7 +48,8 @@ def test_fold_writes_a_complete_run_dir_and_is_not_rerun(tmp_path: Path) -> None
     summary = train.run(cfg)
     run_dir = Path(cfg.run_dir)
     assert run_dir == tmp_path / "runs" / "capsnet" / "grouped-k7" / "scratch" / "fold1"
-    for name in ("config.yaml", "metrics.jsonl", "summary.json", "predictions.json", "model.pt"):
+    for name in ("config.yaml", "metrics.jsonl", "summary.json", "predictions.json", "model.pt", "calibration.json",
+                 "reliability.png", "out_of_scope.json", "explanations.json"):
         assert (run_dir / name).is_file(), name
     assert summary["fold"] == 1 and summary["model"] == "capsnet" and summary["tag"] == "scratch"
     assert summary["parameters"]["resnet50"] > 9 * summary["parameters"]["model"]
@@ -56,11 +59,15 @@ def test_fold_writes_a_complete_run_dir_and_is_not_rerun(tmp_path: Path) -> None
     assert len(predictions["file_ids"]) == summary["test"]["n"] == summary["data"]["slices"]["test"]
     assert len(set(predictions["subjects"])) == summary["data"]["subjects"]["test"] > 0
     assert np.allclose(np.sum(predictions["probabilities"], axis=1), 1.0, atol=1e-4)
+    assert np.allclose(np.sum(predictions["calibrated_probabilities"], axis=1), 1.0, atol=1e-4)
+    assert summary["trust"]["temperature"] == predictions["temperature"] > 0
+    assert {"test_ece_after", "test_false_reject", "auroc_photographs", "pointing_game"} <= summary["trust"].keys()
     assert predictions["y_pred"] == np.argmax(predictions["scores"], axis=1).tolist()
     accuracy = np.mean(np.array(predictions["y_pred"]) == np.array(predictions["y_true"]))
     assert summary["test"]["accuracy"] == pytest.approx(accuracy)
-    _, meta = load_classifier(run_dir / "model.pt")
-    assert meta["image_size"] == 32 and meta["model_name"] == "capsnet"
+    classifier, meta = load_classifier(run_dir / "model.pt")
+    assert meta["image_size"] == 32 and meta["model_name"] == "capsnet" and meta["geometry"] == "canonical"
+    assert float(classifier.temperature) == pytest.approx(summary["trust"]["temperature"]) and classifier.detector
     stamp = (run_dir / "summary.json").stat().st_mtime_ns
     assert train.run(cfg)["test"] == summary["test"]
     assert (run_dir / "summary.json").stat().st_mtime_ns == stamp

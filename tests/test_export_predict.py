@@ -185,3 +185,17 @@ def test_onnx_input_mismatch_is_refused(onnx_path: Path, tmp_path: Path) -> None
     onnx.save(model, tmp_path / "no-metadata.onnx")
     with pytest.raises(ModelInputError, match="lacks image_size/class_names"):
         Predictor(tmp_path / "no-metadata.onnx")
+
+
+def test_the_model_geometry_travels_to_prediction(tmp_path: Path, real_slice: Path) -> None:
+    model = write_model_pt(tmp_path / "model.pt", geometry="resize")
+    export(model, tmp_path / "model.onnx")
+    assert {p.key: p.value for p in onnx.load(tmp_path / "model.onnx").metadata_props}["geometry"] == "resize"
+    raw = read_slice(real_slice)
+    stretched = preprocess_slice(raw, SIZE, geometry="resize")
+    assert not np.array_equal(stretched, preprocess_slice(raw, SIZE))  # the two geometries differ on this slice
+    for path in (model, tmp_path / "model.onnx"):
+        assert np.array_equal(Predictor(path).preprocess(raw), stretched)
+    assert np.array_equal(Predictor(write_model_pt(tmp_path / "plain.pt")).preprocess(raw), preprocess_slice(raw, SIZE))
+    with pytest.raises(ModelInputError, match="geometry 'fisheye' is not one of"):
+        Predictor(write_model_pt(tmp_path / "odd.pt", geometry="fisheye"))

@@ -16,6 +16,7 @@ from capsule_classifier import build_model, build_objective
 from capsule_classifier.data import to_input
 from capsule_classifier.deploy import save_classifier
 from datasets.core import CLASS_NAMES, SliceSet
+from datasets.out_of_scope_set import build
 from datasets.slices import load_slices
 from datasets.splits import fold_indices, make_folds
 from experiment.checkpoint import save_checkpoint
@@ -63,6 +64,13 @@ def trained_fold(folder: Path, epochs: int = 15) -> tuple[Path, dict[str, SliceS
             optimiser.step()
     save_classifier(folder / "model.pt", model.eval(), "capsnet", {}, SIZE, CLASS_NAMES, fold=0, epoch=epochs)
     return folder / "model.pt", parts
+
+
+def small_out_of_scope_set(folder: Path, pictures: tuple[str, ...] = ("camera", "coffee")) -> Path:
+    """A quick out-of-scope set in ``folder`` (built once): ``pictures``, blanks and noise; no brain volumes."""
+    if not (folder / "README.json").is_file():
+        build(folder / "no-volumes", folder, photographs=pictures)
+    return folder
 
 
 def run_main(main: Callable[[list[str]], None], argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str,
