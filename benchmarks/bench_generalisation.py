@@ -1,11 +1,13 @@
 """Before / after issue 15, measured in one run: capsnet on the authors' patient-wise ``cvind`` 5 folds, real
-slices only, under two settings, every fold of both on the same patients.
+slices only, under two or three settings, every fold of each on the same patients.
 
 * ``before``: the old geometry (``data.geometry=resize``: the whole image stretched) and ``augment=basic``.
 * ``after``: the canonical geometry (head crop, square, figshare margin) and ``augment=robust``.
+* ``canonical_basic`` (``--settings before after canonical_basic``): the canonical geometry with ``augment=basic``.
 
     python benchmarks/bench_generalisation.py [--root ../shared/data] [--out runs/bench_generalisation]
-        [--folds 0 1 2 3 4] [--external runs/external/glioma] [--json FILE] [KEY=VALUE ...]
+        [--folds 0 1 2 3 4] [--settings before after ...] [--external runs/external/glioma]
+        [--json FILE] [KEY=VALUE ...]
 
 Each fold is an ordinary ``capsule_classifier/train.py`` run in its own directory (``<out>/<setting>/...``), so
 re-running the command skips finished folds and resumes an interrupted one from its checkpoint. ``KEY=VALUE``
@@ -37,7 +39,10 @@ from experiment.atomic import atomic_write_json
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "capsule_classifier" / "configs"
 SETTINGS = {"before": {"data.geometry": "resize", "augment": "basic"},
-            "after": {"data.geometry": "canonical", "augment": "robust"}}
+            "after": {"data.geometry": "canonical", "augment": "robust"},
+            "canonical_basic": {"data.geometry": "canonical", "augment": "basic"}}
+"""``canonical_basic`` (optional) separates the geometry's share of the difference from the augmentation's."""
+BASELINE = "before"
 COMMON = {"model": "capsnet", "data.split": "cvind", "data.image_size": "128", "pretrain.shards": "null",
           "monitor.visdom": "false", "seed": "0"}
 METRICS = ("accuracy", "macro_f1")
@@ -80,18 +85,19 @@ def mean_std(values: Sequence[float]) -> dict[str, float]:
 
 
 def summarise(folds: dict[str, list[dict[str, Any]]], key: str | None = None) -> dict[str, Any]:
-    """Mean ± std per setting and of the paired difference (after - before), of the test metrics or, with
-    ``key``, of ``fold[key]`` (the external check)."""
+    """Mean ± std per setting and of each setting's paired difference from :data:`BASELINE` (``<setting>_minus_
+    before``), of the test metrics or, with ``key``, of ``fold[key]`` (the external check)."""
     def values(setting: str, name: str) -> list[float]:
         return [(fold if key is None else fold[key])[name] for fold in folds[setting]]
 
     result: dict[str, Any] = {setting: {name: mean_std(values(setting, name)) for name in METRICS}
-                              for setting in SETTINGS}
-    result["after_minus_before"] = {
-        name: {**mean_std([a - b for a, b in zip(values("after", name), values("before", name), strict=True)]),
-               "folds_improved": sum(a > b for a, b in zip(values("after", name), values("before", name),
-                                                            strict=True))}
-        for name in METRICS}
+                              for setting in folds}
+    for setting in folds:
+        if setting != BASELINE:
+            pairs = {name: list(zip(values(setting, name), values(BASELINE, name), strict=True)) for name in METRICS}
+            result[f"{setting}_minus_{BASELINE}"] = {
+                name: {**mean_std([a - b for a, b in pairs[name]]),
+                       "folds_improved": sum(a > b for a, b in pairs[name])} for name in METRICS}
     return result
 
 
@@ -102,9 +108,9 @@ def table(title: str, result: dict[str, Any]) -> str:
         return f"{value['mean']:+.4f} ± {value['std']:.4f}" if row not in SETTINGS else \
             f"{value['mean']:.4f} ± {value['std']:.4f}"
 
-    lines = [title, f"{'':<20}{'accuracy':>20}{'macro-F1':>20}"]
-    lines += [f"{row:<20}{cell(row, 'accuracy'):>20}{cell(row, 'macro_f1'):>20}"
-              for row in (*SETTINGS, "after_minus_before")]
+    lines = [title, f"{'':<26}{'accuracy':>20}{'macro-F1':>20}"]
+    lines += [f"{row:<26}{cell(row, 'accuracy'):>20}{cell(row, 'macro_f1'):>20}"
+              for row in result]
     return "\n".join(lines)
 
 
@@ -113,20 +119,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--root", default="../shared/data", help="figshare bundle folder (data.root)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench_generalisation"))
     parser.add_argument("--folds", type=int, nargs="+", default=list(range(5)))
+    parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=[BASELINE, "after"],
+                        help=f"settings to train and compare with {BASELINE!r} (always included)")
     parser.add_argument("--external", type=Path, help="an external check for evaluate.py (folder tree or CSV)")
     parser.add_argument("--json", type=Path, help="results file (default <out>/results.json)")
     parser.add_argument("overrides", nargs="*", help="KEY=VALUE for every capsule_classifier/train.py run")
     args = parser.parse_args(argv)
+    settings = list(dict.fromkeys([BASELINE, *args.settings]))
     folds = {setting: [run_fold(setting, fold, args.root, args.out, args.overrides) for fold in args.folds]
-             for setting in SETTINGS}
-    for before, after in zip(folds["before"], folds["after"], strict=True):
-        if before["test_ids_sha256"] != after["test_ids_sha256"]:
-            raise SystemExit(f"fold {before['fold']}: the settings tested different slices; not a paired comparison")
-    results: dict[str, Any] = {"settings": SETTINGS, "common": {**COMMON, "data.root": args.root},
+             for setting in settings}
+    for setting in settings:
+        for base, other in zip(folds[BASELINE], folds[setting], strict=True):
+            if base["test_ids_sha256"] != other["test_ids_sha256"]:
+                raise SystemExit(f"fold {base['fold']}: {setting} tested other slices than {BASELINE}; not paired")
+    results: dict[str, Any] = {"settings": {setting: SETTINGS[setting] for setting in settings},
+                               "common": {**COMMON, "data.root": args.root},
                                "overrides": args.overrides, "folds": folds, "test": summarise(folds)}
     print(table("test folds (cvind, patient-wise)", results["test"]))
     if args.external is not None:
-        for setting in SETTINGS:
+        for setting in settings:
             for fold in folds[setting]:
                 fold["external"] = score_external(fold, args.external)
         results["external"] = {"data": str(args.external), **summarise(folds, "external")}

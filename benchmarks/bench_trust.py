@@ -14,16 +14,13 @@ detector into ``model.pt``) and reports per fold:
 * with ``--candidates`` (default): the same out-of-scope numbers for each candidate score (the top probability
   and Mahalanobis distances on other layers), the measurement behind ``out_of_scope.FEATURE_LAYERS``.
 
-``--grid PNG`` draws explanation maps of good and bad pointing examples of the first fold (the README grid).
 Writes ``--out`` (JSON) and prints Markdown tables. Run from the repository root::
 
-    python -m benchmarks.bench_trust runs/bench_generalisation/after --external runs/external/glioma \\
-        --out runs/bench_trust/trust.json --grid docs/images/explanations.png
+    python -m benchmarks.bench_trust runs/bench_generalisation/after --external runs/external/glioma
 """
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -35,8 +32,7 @@ import torch
 from capsule_classifier import out_of_scope as scope
 from capsule_classifier.calibration import calibrate
 from capsule_classifier.deploy import ProbabilityModel, load_classifier
-from capsule_classifier.evaluate import evaluate, load_labelled, save_png
-from capsule_classifier.explain import CAM_LAYERS, explanation_maps, grid_figure, overlay
+from capsule_classifier.evaluate import evaluate, load_labelled
 from capsule_classifier.predict import Predictor
 from capsule_classifier.report import find_summaries
 from capsule_classifier.trust import (
@@ -48,7 +44,7 @@ from capsule_classifier.trust import (
     out_of_scope_report,
     trust_table,
 )
-from datasets.core import CLASS_NAMES, SliceSet
+from datasets.core import SliceSet
 from datasets.out_of_scope_set import DEFAULT_OUT, SOURCES, OutOfScopeSet, ensure_built, load_out_of_scope
 from experiment.atomic import atomic_write_json
 from experiment.cli import reports_user_errors, strip_debug_flag
@@ -60,7 +56,6 @@ CANDIDATE_LAYERS = {"capsnet": [("features.0",), ("features.1",), ("features.2",
                     "resnet50": [("relu",), ("layer1",), ("layer2",), ("layer3",), ("layer4",)]}
 """Single layers compared with the deployed choice (``out_of_scope.FEATURE_LAYERS``)."""
 MSP = "max_probability"
-GRID_EXAMPLES = 4
 
 
 def bench_fold(run: Path, out_of_scope: dict[tuple[int, str], OutOfScopeSet], out_of_scope_dir: Path,
@@ -100,26 +95,6 @@ def compare_scores(classifier: ProbabilityModel, model_name: str, parts: dict[st
     return compared
 
 
-def explanation_grid(run: Path, path: Path) -> Path:
-    """Overlays of up to :data:`GRID_EXAMPLES` test slices whose map peak hit the tumour and as many that
-    missed, evenly spread over the fold's test slices, with the mask outlined."""
-    parts, _, _ = fold_parts(run)
-    test = parts["test"]
-    classifier, meta = load_classifier(run / MODEL_FILE)
-    hits = np.array(json.loads((run / "explanations.json").read_text())["hits"], dtype=bool)
-    groups = [index[np.linspace(0, len(index) - 1, min(GRID_EXAMPLES, len(index))).round().astype(int)]
-              for index in (np.flatnonzero(hits), np.flatnonzero(~hits)) if len(index)]
-    rows = []
-    for group in groups:
-        maps, predicted = explanation_maps(classifier, CAM_LAYERS[meta["model_name"]], test.images[group])
-        rows.append([(overlay(test.images[i], cam, test.masks[i]),
-                      f"{'hit' if hits[i] else 'miss'}: {CLASS_NAMES[test.labels[i]]} -> {CLASS_NAMES[p]}")
-                     for i, cam, p in zip(group, maps, predicted, strict=True)])
-    title = (f"{meta['model_name']} fold {meta.get('fold')}: Grad-CAM ({CAM_LAYERS[meta['model_name']]}) on test "
-             "slices, peak inside the tumour (top) or not (bottom); tumour outlined in green")
-    return save_png(path, grid_figure(rows, title))
-
-
 def markdown(folds: list[dict[str, Any]]) -> str:
     """Tables: per fold, then per model the candidate scores averaged over its folds."""
     sources = [s for s in SOURCES if any(s in f["out_of_scope"]["sources"] for f in folds)]
@@ -148,7 +123,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--external", type=Path, help="in-scope slices from elsewhere: <class>/<slices> folders")
     parser.add_argument("--candidates", action=argparse.BooleanOptionalAction, default=True,
                         help="also compare candidate out-of-scope scores")
-    parser.add_argument("--grid", type=Path, help="write a grid of explanation examples of the first fold here")
     parser.add_argument("--out", type=Path, default=Path("runs/bench_trust/trust.json"), help="JSON results")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(strip_debug_flag(sys.argv[1:] if argv is None else argv))
@@ -160,8 +134,6 @@ def main(argv: list[str] | None = None) -> None:
     folds = [bench_fold(run, sets, args.out_of_scope, args.external, args.candidates) for run in runs]
     atomic_write_json(args.out, {"folds": folds, "out_of_scope_set": str(args.out_of_scope)})
     print(markdown(folds))
-    if args.grid is not None:
-        print(f"wrote {explanation_grid(runs[0], args.grid)}")
     print(f"wrote {args.out}")
 
 

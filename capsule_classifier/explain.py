@@ -1,10 +1,17 @@
 """Explanation maps: where a classifier looked, and how well that matches the tumour masks.
 
-The map is Grad-CAM (Selvaraju et al., 2017) for the predicted class: ResNet50's last convolutional block
-(``layer4``) weighted by the gradient of the predicted logit; for capsnet the last convolution before the
-primary capsules (``features``), weighted by the gradient of the predicted class capsule's length. Maps are
-upsampled (bilinear) to the input size and divided by their maximum, so they lie in [0, 1] (all zero when no
-location supports the class). They are deterministic: eval mode, no sampling.
+Each model has the map that localises best of those measured (``CAM_LAYERS``):
+
+* capsnet: integrated gradients (Sundararajan et al., 2017) of the predicted class capsule's length, from a
+  black image to the input in :data:`IG_STEPS` midpoint steps; the magnitude of gradient x input (evidence for
+  or against the class), smoothed by a Gaussian of :data:`SMOOTHING` of the side. Grad-CAM does not localise on
+  capsnet: at every layer its peak sat off the head, on the image border or on the skull (pointing game
+  0.00-0.17 on two cross-validation folds, against about 0.32 for this map);
+* resnet50: Grad-CAM (Selvaraju et al., 2017) of ``layer4`` weighted by the gradient of the predicted logit,
+  upsampled (bilinear) to the input.
+
+Maps are divided by their maximum, so they lie in [0, 1] (all zero when nothing supports the class), and are
+deterministic: eval mode, no sampling.
 
 Against a tumour mask: the pointing game (is the map's peak inside the mask?) and the share of the map's mass
 inside the mask dilated by :data:`DILATION_FRACTION` of the side. ``chance`` is what a map spread evenly (or a
@@ -19,15 +26,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import ndimage
+from torch import nn
 
 from capsule_classifier.activations import captured
 from capsule_classifier.data import to_input
 
 if TYPE_CHECKING:
     from capsule_classifier.deploy import ProbabilityModel
+    from experiment.engine import Objective
 
-CAM_LAYERS = {"capsnet": "features", "resnet50": "layer4"}
-"""The convolution block whose activations Grad-CAM weighs, per model."""
+INPUT = "input"
+"""The 'layer' of integrated gradients: attribution to the input pixels."""
+CAM_LAYERS = {"capsnet": INPUT, "resnet50": "layer4"}
+"""Where each model's map is taken: :data:`INPUT` for integrated gradients, else the block Grad-CAM weighs."""
+IG_STEPS = 16
+SMOOTHING = 1 / 32
+"""Gaussian sigma of the integrated-gradients map, as a share of the side: 4 px at 128 px."""
 DILATION_FRACTION = 1 / 32
 """Mask dilation for the mass share: 4 px at 128 px, about 8 mm of a figshare slice."""
 BATCH = 32
@@ -35,23 +49,57 @@ OVERLAY_MIN_SIDE = 256
 OVERLAY_ALPHA = 0.5
 
 
+def map_method(layer: str) -> str:
+    """The name of the map :func:`explanation_maps` draws at ``layer``."""
+    if layer == INPUT:
+        return "integrated gradients x input of the predicted class, magnitude, smoothed"
+    return f"Grad-CAM of the predicted class at {layer}"
+
+
 def explanation_maps(classifier: ProbabilityModel, layer: str, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Grad-CAM maps (float32 (N, S, S) in [0, 1]) of uint8 slices ``(N, S, S)`` for the predicted classes,
-    and those classes (int64 (N,))."""
+    """Maps (float32 (N, S, S) in [0, 1]; :func:`map_method` of ``layer``) of uint8 slices ``(N, S, S)`` for the
+    predicted classes, and those classes (int64 (N,))."""
     model, objective = classifier.model.eval(), classifier.objective
     maps, predicted = [], []
     for start in range(0, len(images), BATCH):
-        with captured(model, [layer]) as activations, torch.enable_grad():
-            scores = objective.scores(model(to_input(images[start:start + BATCH])))
-            classes = scores.argmax(dim=1)
-            activation = activations[layer]
-            gradient, = torch.autograd.grad(scores.gather(1, classes[:, None]).sum(), activation)
-        cam = F.relu((gradient.mean(dim=(2, 3), keepdim=True) * activation).sum(dim=1, keepdim=True)).detach()
-        cam = F.interpolate(cam, size=images.shape[1:], mode="bilinear", align_corners=False)[:, 0]
-        peak = cam.flatten(1).max(dim=1).values.view(-1, 1, 1)
-        maps.append(torch.where(peak > 0, cam / peak.clamp_min(1e-12), torch.zeros_like(cam)).clamp(0, 1))
+        batch = to_input(images[start:start + BATCH])
+        with torch.no_grad():
+            classes = objective.scores(model(batch)).argmax(dim=1)
+        if layer == INPUT:
+            raw = integrated_gradients(model, objective, batch, classes)
+        else:
+            raw = grad_cam(model, objective, layer, batch, classes)
+        peak = raw.flatten(1).max(dim=1).values.view(-1, 1, 1)
+        maps.append(torch.where(peak > 0, raw / peak.clamp_min(1e-12), torch.zeros_like(raw)).clamp(0, 1))
         predicted.append(classes)
     return torch.cat(maps).numpy().astype(np.float32), torch.cat(predicted).numpy()
+
+
+def grad_cam(model: nn.Module, objective: Objective, layer: str, batch: torch.Tensor,
+             classes: torch.Tensor) -> torch.Tensor:
+    """Unscaled Grad-CAM (N, S, S) of ``classes`` at ``layer`` for the input ``batch`` (N, 1, S, S)."""
+    with captured(model, [layer]) as activations, torch.enable_grad():
+        scores = objective.scores(model(batch))
+        activation = activations[layer]
+        gradient, = torch.autograd.grad(scores.gather(1, classes[:, None]).sum(), activation)
+    cam = F.relu((gradient.mean(dim=(2, 3), keepdim=True) * activation).sum(dim=1, keepdim=True)).detach()
+    return F.interpolate(cam, size=batch.shape[2:], mode="bilinear", align_corners=False)[:, 0]
+
+
+def integrated_gradients(model: nn.Module, objective: Objective, batch: torch.Tensor,
+                         classes: torch.Tensor) -> torch.Tensor:
+    """Unscaled integrated gradients x input (N, S, S) of ``classes`` from a black image to ``batch``
+    (N, 1, S, S): magnitude, smoothed."""
+    total = torch.zeros_like(batch)
+    for step in range(IG_STEPS):
+        scaled = (batch * ((step + 0.5) / IG_STEPS)).requires_grad_(True)
+        with torch.enable_grad():
+            scores = objective.scores(model(scaled))
+            gradient, = torch.autograd.grad(scores.gather(1, classes[:, None]).sum(), scaled)
+        total += gradient
+    evidence = (total * batch / IG_STEPS).abs()[:, 0].numpy()
+    sigma = SMOOTHING * batch.shape[-1]
+    return torch.from_numpy(np.stack([ndimage.gaussian_filter(one, sigma) for one in evidence]))
 
 
 def localisation(maps: np.ndarray, masks: np.ndarray) -> dict[str, Any]:

@@ -14,7 +14,7 @@ Probabilities are calibrated when the model is (``capsule_classifier/trust.py``)
 detector also gives each slice its ``out_of_scope_score``; above the model's threshold the prediction is
 ``out of scope`` instead of a class: the input does not look like the T1-CE tumour slices the model knows.
 ``--explain DIR`` (``model.pt`` only: it needs gradients) writes, per input, ``DIR/<shown path>.png``: the
-slice under its Grad-CAM map (:mod:`capsule_classifier.explain`).
+slice under its explanation map (:mod:`capsule_classifier.explain`).
 
 Files that are not slices (another suffix, ``cvind.mat``) are skipped with a warning; a file that cannot be
 read is reported and the others are still predicted; a tiny or constant image is predicted with a warning.

@@ -12,7 +12,7 @@ and parts come from its config through :func:`datasets.splits.load_fold` (the sa
    validation patients plus the ``fit`` part of the out-of-scope set (:mod:`datasets.out_of_scope_set`, built
    when missing); ``out_of_scope.json`` holds the false-reject rate on the test patients and the AUROC of the
    in-scope test slices against the ``report`` part of each out-of-scope source;
-3. explanations: Grad-CAM maps of the test slices against their tumour masks (``explanations.json``).
+3. explanations: explanation maps of the test slices against their tumour masks (``explanations.json``).
 
 The temperature and the detector are written into ``model.pt``. Test slices are measured, never fitted on;
 re-running refits from the same weights and gives the same result.
@@ -37,7 +37,7 @@ from capsule_classifier import out_of_scope as scope
 from capsule_classifier.calibration import calibrate, calibration_metrics, fit_temperature, reliability_figure
 from capsule_classifier.deploy import ProbabilityModel, load_classifier, update_classifier
 from capsule_classifier.evaluate import save_png
-from capsule_classifier.explain import CAM_LAYERS, explanation_maps, localisation
+from capsule_classifier.explain import CAM_LAYERS, explanation_maps, localisation, map_method
 from datasets.core import SliceSet
 from datasets.out_of_scope_set import DEFAULT_OUT, SOURCES, OutOfScopeSet, ensure_built, load_out_of_scope
 from datasets.splits import load_fold
@@ -130,7 +130,7 @@ def fit_trust(run_dir: str | os.PathLike, parts: dict[str, SliceSet], out_of_sco
         title))
     detector, detection = fit_out_of_scope(outputs, parts, out_of_scope, layers)
     maps, _ = explanation_maps(classifier, CAM_LAYERS[meta["model_name"]], parts["test"].images)
-    explanations = {"layer": CAM_LAYERS[meta["model_name"]], "method": "Grad-CAM of the predicted class",
+    explanations = {"layer": CAM_LAYERS[meta["model_name"]], "method": map_method(CAM_LAYERS[meta["model_name"]]),
                     "file_ids": parts["test"].file_ids.tolist(), **localisation(maps, parts["test"].masks)}
     update_classifier(run_dir / MODEL_FILE,
                       calibration={"temperature": calibration["temperature"], "fitted_on": "validation patients"},

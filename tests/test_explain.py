@@ -1,5 +1,6 @@
-"""Explanation maps: Grad-CAM of both models has the input's shape, lies in [0, 1] and is deterministic; the
-pointing game and mask mass on hand-made maps; predict.py --explain writes one overlay per input."""
+"""Explanation maps: both models' maps have the input's shape, lie in [0, 1] and are deterministic; the map
+follows a model's evidence (a bright blob), not the brightest pixels; the pointing game and mask mass on
+hand-made maps; predict.py --explain writes one overlay per input."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,14 +8,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from tiny_models import SIZE, error_line, run_main, write_models
 
 from capsule_classifier import build_model, build_objective
 from capsule_classifier.deploy import ProbabilityModel
-from capsule_classifier.explain import CAM_LAYERS, explanation_maps, localisation, overlay
+from capsule_classifier.explain import CAM_LAYERS, INPUT, explanation_maps, localisation, overlay
 from capsule_classifier.predict import main
 from datasets.slices import load_slices
+from experiment.objectives import CrossEntropyObjective
+
+BORDER = 4
 
 
 @pytest.mark.parametrize("name", ["capsnet", "resnet50"])
@@ -31,6 +36,29 @@ def test_maps_have_the_input_shape_lie_in_unit_range_and_repeat(name: str, one_t
         assert np.array_equal(predicted, classifier(torch.from_numpy(images[:, None] / 255.0).float()).argmax(1))
     again, _ = explanation_maps(classifier, CAM_LAYERS[name], images)
     assert np.array_equal(maps, again)
+
+
+class BrightBlob(torch.nn.Module):
+    """Class 0's logit counts bright pixels more than :data:`BORDER` px inside the image; the others are fixed."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        evidence = F.relu(images[:, 0, BORDER:-BORDER, BORDER:-BORDER] - 0.5).flatten(1).sum(1)
+        return torch.stack([evidence, torch.ones_like(evidence), torch.zeros_like(evidence)], dim=1)
+
+
+def test_the_input_map_points_at_the_models_evidence_not_at_the_brightest_pixels() -> None:
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 80, size=(6, 32, 32)).astype(np.uint8)  # dark noise, never evidence
+    images[:, :2], images[:, :, :2] = 255, 255  # a bright frame the model ignores
+    blobs = np.zeros(images.shape, dtype=bool)
+    for blob, (row, col) in zip(blobs, rng.integers(BORDER + 2, 32 - BORDER - 7, size=(6, 2)), strict=True):
+        blob[row:row + 5, col:col + 5] = True
+    images[blobs] = 230
+    maps, predicted = explanation_maps(ProbabilityModel(BrightBlob(), CrossEntropyObjective()), INPUT, images)
+    assert np.all(predicted == 0)
+    found = localisation(maps, blobs)
+    assert found["pointing_game"] == 1.0 and found["mass_in_dilated_mask"] > 0.9
+    assert localisation(images.astype(np.float32), blobs)["pointing_game"] == 0.0  # brightness peaks on the frame
 
 
 def test_pointing_game_and_mass_inside_the_dilated_mask() -> None:
