@@ -153,7 +153,7 @@ def _leaked(tmp: Path, outside: Path) -> bool:
 
 def prepare(setup: Path) -> None:
     """A tiny fold-0 generator (32 px) for the synthesis cases, trained once on the embedded sample."""
-    result = cli(setup, *command_args(setup, "generative_model/train.py", "data.image_size=32", "net.ngf=8",
+    result = cli(setup, *command_args(setup, "generative_model/train.py", *SMALL, *SMALL_CROP, "net.ngf=8",
                                       "net.ndf=8", "train.epochs=1", "train.epochs_decay=0", "train.batch_size=32"),
                  timeout=1800)
     if result.returncode != 0:
@@ -173,6 +173,8 @@ SYNTH = "generative_model/synthesize.py"
 VOLUMES = "spatiospatial/run.py"
 INSPECT = "-m datasets.inspect"
 SMALL = ("data.image_size=32",)
+SMALL_CROP = ("condition.crop_size=32",)
+"""The generator's crops at 32 px (the default 64 px crops do not fit 32 px slices)."""
 
 
 def _label(command: str) -> str:
@@ -183,6 +185,7 @@ def _label(command: str) -> str:
 def entry_args(tmp: Path, setup: Path, command: str, *overrides: str) -> list[str]:
     """``command`` with ``overrides`` at 32 px (2D), the synthesis cases' generator, outputs under ``tmp``."""
     small = [] if command == VOLUMES or any("image_size" in o for o in overrides) else list(SMALL)
+    small += list(SMALL_CROP) if small and command == GAN and not any("crop_size" in o for o in overrides) else []
     checkpoint = [f"checkpoint={generator(setup)}"] if command == SYNTH else []
     return command_args(tmp, command, *overrides, *small, *checkpoint)
 
@@ -554,8 +557,9 @@ def cases() -> list[Case]:
                   "data.val_fraction=0", f"data.root={ROOT / 'README.md'}"],
     }
     corpus += [hydra(command, override) for command, overrides in settings.items() for override in overrides]
-    corpus += [hydra(command, "nosuch=1") for command in (TRAIN, GAN, VOLUMES)]
-    corpus += [hydra(TRAIN, "train.epochs=abc"), hydra(TRAIN, "device=cuda:7")]
+    corpus += [hydra(command, "nosuch=1") for command in (TRAIN, GAN, VOLUMES, SYNTH, INSPECT)]
+    corpus += [hydra(command, override) for command in (TRAIN, GAN, VOLUMES)
+               for override in ("train.epochs=abc", "train.epochs=[", "device=cuda:7")]
     corpus += [Case(f"capsule_classifier.layout | {override}", _layout(override)) for override in
                ("data.k=1", "nosuch=1", "data.image_size=abc", "model=foo", "train.epochs=0")]
     corpus += [report_case(defect) for defect in REPORT_DEFECTS]

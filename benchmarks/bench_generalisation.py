@@ -140,8 +140,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for setting in settings:
             for fold in folds[setting]:
                 fold["external"] = score_external(fold, args.external)
-        results["external"] = {"data": str(args.external), **summarise(folds, "external")}
-        print(table(f"external check {args.external}", results["external"]))
+        external = summarise(folds, "external")
+        results["external"] = {"data": str(args.external), **external}
+        print(table(f"external check {args.external}", external))
     atomic_write_json(args.json or args.out / "results.json", results)
     return results
 

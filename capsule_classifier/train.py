@@ -18,7 +18,6 @@ finished and is not rerun).
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +45,7 @@ from experiment import config as experiment_config
 from experiment.atomic import atomic_write_json
 from experiment.batches import TrainBatches, eval_batches
 from experiment.checkpoint import load_checkpoint, load_model_state
-from experiment.cli import hydra_argv, reports_user_errors
+from experiment.cli import reports_user_errors, run_hydra_app
 from experiment.device import describe
 from experiment.distributed import barrier, cleanup, is_main_process, rank, setup_device, world_size
 from experiment.engine import FitResult, FitSettings, Objective, evaluate, fit
@@ -276,5 +275,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    sys.argv = hydra_argv(sys.argv)
-    main()
+    run_hydra_app(main)

@@ -217,7 +217,7 @@ def trust_table(folds: Sequence[dict[str, Any]]) -> list[str]:
     sources = [s for s in SOURCES if any(s in f["out_of_scope"]["sources"] for f in folds)]
     lines = ["| fold | T | test ECE before -> after | test Brier before -> after | test false rejects | "
              + " | ".join(f"AUROC {s}" for s in sources) + " | pointing game (chance) | mass in mask (chance) "
-             "| external rejected / accuracy |", "|---" * (7 + len(sources)) + "|"]
+             "| external rejected / accuracy |", "|---" * (8 + len(sources)) + "|"]
     for f in folds:
         c, o, e = f["calibration"], f["out_of_scope"], f["explanations"]
         external = f"{f['external']['rate']:.3f} / {f['external']['accuracy']:.3f}" if "external" in f else "-"

@@ -2,8 +2,9 @@
 2D figshare data (:class:`DataConfig`); plus the run-directory names derived from them."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
@@ -51,26 +52,51 @@ class DataConfig(SplitConfig):
     geometry: str = "canonical"
 
 
+_SHARE = (lambda v: isinstance(v, (int, float)) and 0 < v < 0.5, "in (0, 0.5)")
+SPLIT_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "split": (lambda v: v in PROTOCOLS, f"one of {PROTOCOLS}"),
+    "k": (lambda v: isinstance(v, int) and not isinstance(v, bool) and 2 <= v <= 10, "an integer in 2..10"),
+    "val_fraction": _SHARE,
+    "test_fraction": _SHARE,
+}
+"""The one definition of the split settings' ranges: key -> (test, what it must be)."""
+
+
+def check_split_settings(**settings: Any) -> None:
+    """Refuse split settings (``split=``, ``k=``, ``val_fraction=``, ``test_fraction=``) outside their ranges.
+
+    Raises:
+        ConfigError: names the ``data.*`` key, the rule and the value.
+    """
+    for key, value in settings.items():
+        ok, what = SPLIT_RULES[key]
+        if not ok(value):
+            raise ConfigError(f"data.{key} must be {what}, got {value!r}")
+
+
 def check_data(data: DataConfig) -> None:
     """Refuse ``data.*`` settings that cannot work, naming the key.
 
     Raises:
-        ConfigError: an unsupported image size, protocol, grouping or geometry, ``k`` outside 2..10, or a validation
-            share outside (0, 0.5).
+        ConfigError: an unsupported image size, grouping or geometry, or a split setting out of range (see
+            :func:`check_split_settings`).
     """
+    check_split_settings(split=data.split, k=data.k, val_fraction=data.val_fraction)
     checks = [("image_size", data.image_size in IMAGE_SIZES, f"one of {IMAGE_SIZES}"),
-              ("split", data.split in PROTOCOLS, f"one of {PROTOCOLS}"),
               ("group_by", data.group_by in GROUPINGS, f"one of {GROUPINGS}"),
-              ("geometry", data.geometry in GEOMETRIES, f"one of {GEOMETRIES}"),
-              ("k", isinstance(data.k, int) and 2 <= data.k <= 10, "an integer in 2..10"),
-              ("val_fraction", 0 < data.val_fraction < 0.5, "in (0, 0.5)")]
+              ("geometry", data.geometry in GEOMETRIES, f"one of {GEOMETRIES}")]
     for key, ok, what in checks:
         if not ok:
             raise ConfigError(f"data.{key} must be {what}, got {getattr(data, key)!r}")
 
 
 def split_tag(split: str, k: int) -> str:
-    """Run-directory tag of a split protocol: ``grouped-k7``, ``cvind-k5``."""
+    """Run-directory tag of a split protocol: ``grouped-k7``, ``cvind-k5``.
+
+    Raises:
+        ConfigError: ``split`` or ``k`` out of range (so a bad setting stops Hydra before it makes a run folder).
+    """
+    check_split_settings(split=split, k=k)
     return f"{split}-k{fold_count(split, k)}"
 
 

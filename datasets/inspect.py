@@ -6,7 +6,6 @@ round trip (the foundation step of ``scripts/demo.sh``).
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import hydra
@@ -18,7 +17,7 @@ from datasets.core import CLASS_NAMES, SliceSet
 from datasets.shards import read_shards, write_shards
 from datasets.slices import class_counts_table
 from datasets.splits import PARTS, fold_indices, load_data, load_or_make_folds
-from experiment.cli import hydra_argv, reports_user_errors
+from experiment.cli import reports_user_errors, run_hydra_app
 
 log = logging.getLogger(__name__)
 data_config.register()
@@ -73,5 +72,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    sys.argv = hydra_argv(sys.argv)
-    main()
+    run_hydra_app(main)

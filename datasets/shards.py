@@ -35,7 +35,7 @@ FORMAT = "brain-tumour-shards"
 VERSION = 1
 _SHARD = re.compile(r"^shard-(\d{5})\.pkl$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_BYTES_PER_IMAGE_OVERHEAD = 256  # label, per-image meta and pickle framing, generously
+_BYTES_PER_IMAGE_OVERHEAD = 1024  # label, per-image meta (ids, a mask window) and pickle framing, generously
 _SHARD_OVERHEAD = 1 << 20
 
 _ALLOWED_GLOBALS = {
@@ -252,7 +252,9 @@ def read_shards(folder: str | os.PathLike, verify: bool = True) -> tuple[np.ndar
     start = 0
     for entry in manifest["shards"]:
         path = _member(folder, entry["file"])
-        data = _read_bounded(path, entry["count"] * (height * width + _BYTES_PER_IMAGE_OVERHEAD) + _SHARD_OVERHEAD)
+        # per image: its pixels, at most a bit-packed mask of the same size (1/8 byte a pixel) and the overhead
+        data = _read_bounded(path, entry["count"] * (height * width * 9 // 8 + _BYTES_PER_IMAGE_OVERHEAD)
+                             + _SHARD_OVERHEAD)
         if verify and _sha256(data) != entry["sha256"]:
             raise ShardError(f"shard {path} fails its SHA-256 checksum: corrupt or modified")
         shard_images, shard_labels = _load_shard(data, path)

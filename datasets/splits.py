@@ -14,18 +14,21 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
-from datasets.core import CLASS_NAMES, PROTOCOLS, DataError, SliceSet, fold_count
+from datasets.config import check_split_settings
+from datasets.core import CLASS_NAMES, DataError, SliceSet, fold_count
 from datasets.slices import load_slices
 from experiment.atomic import atomic_write_json
 from experiment.errors import ConfigError
 
 PARTS = ("train", "val", "test")
+T = TypeVar("T")
 
 
 def make_folds(data: SliceSet, protocol: str = "grouped", k: int = 7, seed: int = 0,
@@ -33,18 +36,11 @@ def make_folds(data: SliceSet, protocol: str = "grouped", k: int = 7, seed: int 
     """Build the fold manifest for ``data``.
 
     Raises:
-        ConfigError: unknown protocol, ``k`` outside 2..10, bad ``val_fraction``, or too few patients in a class.
+        ConfigError: settings out of range (see :func:`datasets.config.check_split_settings`) or too few patients
+            in a class.
     """
-    if protocol not in PROTOCOLS:
-        raise ConfigError(f"unknown split protocol {protocol!r}; choose one of {PROTOCOLS}")
-    if not 0.0 < val_fraction < 0.5:
-        raise ConfigError(f"val_fraction must be in (0, 0.5), got {val_fraction}")
-    if protocol == "cvind":
-        test_ids = _cvind_test_folds(data)
-    else:
-        if not 2 <= k <= 10:
-            raise ConfigError(f"k must be between 2 and 10, got {k}")
-        test_ids = _grouped_test_folds(data, k, seed)
+    check_split_settings(split=protocol, k=k, val_fraction=val_fraction)
+    test_ids = _cvind_test_folds(data) if protocol == "cvind" else _grouped_test_folds(data, k, seed)
     folds = []
     for fold, test_index in enumerate(test_ids):
         rest = np.setdiff1d(np.arange(len(data)), test_index)
@@ -79,41 +75,56 @@ def load_folds(path: str | os.PathLike, data: SliceSet | None = None) -> dict[st
     Raises:
         DataError: unreadable, malformed or overlapping manifest, or one made for other data (names the file).
     """
-    try:
-        manifest = json.loads(Path(path).read_text(encoding="utf-8"))
-        folds = [(fold, [(part, entry[part]["file_ids"], entry[part]["subjects"]) for part in PARTS])
-                 for fold, entry in enumerate(manifest["folds"])]
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as error:
-        raise DataError(f"fold manifest {path} is unreadable or malformed ({type(error).__name__}: {error}); "
-                        "delete it to rebuild the folds") from error
+    manifest, folds = read_manifest(path, "fold manifest", lambda m: [
+        [(part, set(entry[part]["file_ids"]), set(entry[part]["subjects"])) for part in PARTS] for entry in m["folds"]])
     if data is not None and manifest.get("data_fingerprint") != data.fingerprint:
         raise DataError(f"fold manifest {path} was made for data {manifest.get('data_fingerprint')}, "
                         f"not for the loaded data {data.fingerprint}")
-    known = None if data is None else set(data.file_ids.tolist())
+    known = None if data is None else (set(data.file_ids.tolist()), set(data.subjects.tolist()))
     tested: set[int] = set()
-    for fold, parts in folds:
-        _check_disjoint(path, fold, parts, known)
-        test = set(parts[-1][1])
+    for fold, parts in enumerate(folds):
+        check_parts(f"fold manifest {path}: fold {fold}", parts, known)
+        test = parts[-1][1]
         if tested & test:
             raise DataError(f"fold manifest {path}: fold {fold}'s test slices also appear in another fold's test "
-                            f"part (e.g. file id {min(tested & test)})")
+                            f"part (e.g. file id {min(tested & test, key=str)})")
         tested |= test
     return manifest
 
 
-def _check_disjoint(path: str | os.PathLike, fold: int, parts: list[tuple[str, list, list]],
-                    known: set[int] | None) -> None:
-    """No slice and no patient in two parts of ``fold``; every slice known to the data."""
+def read_manifest(path: str | os.PathLike, kind: str, parse: Callable[[dict], T]) -> tuple[dict[str, Any], T]:
+    """The JSON ``kind`` (``"fold manifest"``) at ``path`` and what ``parse`` makes of it.
+
+    Raises:
+        DataError: an unreadable file, invalid JSON, or a structure ``parse`` cannot read (names the file).
+    """
+    try:
+        manifest = json.loads(Path(path).read_text(encoding="utf-8"))
+        return manifest, parse(manifest)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, IndexError, TypeError) as error:
+        raise DataError(f"{kind} {path} is unreadable or malformed ({type(error).__name__}: {error}); "
+                        "delete it to rebuild it") from error
+
+
+def check_parts(where: str, parts: list[tuple[str, set, set]], known: tuple[set, set] | None,
+                item: str = "file id") -> None:
+    """No item and no subject in two of ``parts`` (``(name, items, subjects)``); with ``known`` (the data's items
+    and subjects), none the data lacks.
+
+    Raises:
+        DataError: the message starts with ``where`` (which names the file).
+    """
     for i, (name, ids, subjects) in enumerate(parts):
-        if known is not None and not known.issuperset(ids):
-            raise DataError(f"fold manifest {path}: fold {fold} {name} names file id "
-                            f"{min(set(ids) - known)}, which the data does not hold")
+        unknown = [] if known is None else [(item, sorted(ids - known[0], key=str)),
+                                            ("subject", sorted(subjects - known[1], key=str))]
+        for what, strangers in unknown:
+            if strangers:
+                raise DataError(f"{where} {name} names {what} {strangers[0]}, which the data does not hold")
         for other, other_ids, other_subjects in parts[i + 1:]:
-            shared_ids, shared = set(ids) & set(other_ids), set(subjects) & set(other_subjects)
+            shared_ids, shared = ids & other_ids, subjects & other_subjects
             if shared_ids or shared:
-                what = f"file id {min(shared_ids)}" if shared_ids else f"subject {sorted(shared)[0]}"
-                raise DataError(f"fold manifest {path}: fold {fold} has {what} in both {name} and {other}; "
-                                "parts must not overlap")
+                what = f"{item} {min(shared_ids, key=str)}" if shared_ids else f"subject {min(shared, key=str)}"
+                raise DataError(f"{where} has {what} in both {name} and {other}; parts must not overlap")
 
 
 def fold_indices(manifest: dict[str, Any], data: SliceSet, fold: int) -> dict[str, np.ndarray]:

@@ -2,17 +2,17 @@
 deterministic in a seed and saved as a JSON manifest that every run with the same settings shares."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from datasets.config import check_split_settings
+from datasets.core import DataError
+from datasets.splits import PARTS, check_parts, read_manifest
 from datasets.volumes import CLASS_NAMES, VolumeError, VolumeRecord, VolumeScan, relative_path
 from experiment.atomic import atomic_write_json
-
-PARTS = ("train", "val", "test")
 
 
 def make_split(scan: VolumeScan, seed: int = 0, val_fraction: float = 0.2,
@@ -23,15 +23,11 @@ def make_split(scan: VolumeScan, seed: int = 0, val_fraction: float = 0.2,
     subjects each, at least one when the class has enough subjects to keep one for training.
 
     Raises:
-        ValueError: fractions outside (0, 0.5) or a subject that carries two labels.
+        ConfigError: fractions outside (0, 0.5).
+        DataError: a subject that carries two labels.
     """
-    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-        if not 0.0 < value < 0.5:
-            raise ValueError(f"{name} must be in (0, 0.5), got {value}")
-    subject_label: dict[str, int] = {}
-    for record in scan.records:
-        if subject_label.setdefault(record.subject, record.label) != record.label:
-            raise ValueError(f"subject {record.subject} has volumes with different labels ({record.path})")
+    check_split_settings(val_fraction=val_fraction, test_fraction=test_fraction)
+    subject_label = subject_labels(scan)
     parts: dict[str, list[str]] = {part: [] for part in PARTS}
     rng = np.random.default_rng(seed)
     for label in range(len(CLASS_NAMES)):
@@ -59,19 +55,49 @@ def load_or_make_split(scan: VolumeScan, splits_dir: str | os.PathLike, seed: in
     """Read the split manifest for these settings from ``splits_dir``, creating it (atomically) if absent.
 
     Raises:
-        VolumeError: an existing manifest that was made for a different file list.
+        DataError: an existing manifest that is unreadable or malformed, was made for a different file list, has
+            parts that overlap, names volumes or subjects the scan lacks or leaves a subject out (names the file);
+            a subject that carries two labels.
     """
     path = Path(splits_dir) / (f"volumes-{scan.layout}-{scan.modality}-seed{seed}-val{val_fraction:g}"
                                f"-test{test_fraction:g}-{scan.fingerprint}.json")
     if path.exists():
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-        if manifest.get("fingerprint") != scan.fingerprint:
-            raise VolumeError(f"split manifest {path} was made for volumes {manifest.get('fingerprint')}, "
-                              f"not for the scanned volumes {scan.fingerprint}")
-        return manifest, path
+        return load_split(path, scan), path
     manifest = make_split(scan, seed, val_fraction, test_fraction)
     atomic_write_json(path, manifest)
     return manifest, path
+
+
+def load_split(path: str | os.PathLike, scan: VolumeScan) -> dict[str, Any]:
+    """Read and check the split manifest at ``path`` for ``scan`` (see :func:`load_or_make_split`)."""
+    manifest, parts = read_manifest(path, "split manifest", lambda m: [
+        (part, set(m["parts"][part]["paths"]), set(m["parts"][part]["subjects"])) for part in PARTS])
+    if manifest.get("fingerprint") != scan.fingerprint:
+        raise VolumeError(f"split manifest {path} was made for volumes {manifest.get('fingerprint')}, "
+                          f"not for the scanned volumes {scan.fingerprint}")
+    subjects = subject_labels(scan)
+    check_parts(f"split manifest {path}", parts, ({relative_path(r.path, scan.root) for r in scan.records},
+                                                  set(subjects)), item="volume")
+    left_out = set(subjects).difference(*(part[2] for part in parts))
+    if left_out:
+        raise DataError(f"split manifest {path} leaves subject {min(left_out)} out of every part "
+                        f"({len(left_out)} such subjects); delete it to rebuild it")
+    return manifest
+
+
+def subject_labels(scan: VolumeScan) -> dict[str, int]:
+    """Each subject's label.
+
+    Raises:
+        DataError: a subject with volumes of two labels (names both volumes).
+    """
+    first: dict[str, VolumeRecord] = {}
+    for record in scan.records:
+        seen = first.setdefault(record.subject, record)
+        if seen.label != record.label:
+            raise DataError(f"subject {record.subject} has volumes with different labels: {seen.path} is "
+                            f"{CLASS_NAMES[seen.label]}, {record.path} is {CLASS_NAMES[record.label]}")
+    return {subject: record.label for subject, record in first.items()}
 
 
 def split_records(manifest: dict[str, Any], scan: VolumeScan) -> dict[str, list[VolumeRecord]]:

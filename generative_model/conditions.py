@@ -1,47 +1,36 @@
-"""Condition images for the conditional pix2pix generator, and their augmentation for synthesis.
+"""Condition crops of the anatomy-conditioned pix2pix generator: a real slice with a region erased, plus what
+to paint there.
 
-A condition is a float32 array ``(CONDITION_CHANNELS, S, S)`` in ``[0, 1]``:
+A condition is a float32 array ``(CONDITION_CHANNELS, K, K)`` in ``[0, 1]`` over a ``K x K`` crop of a slice:
 
 ====  =========================================================================================
- 0    brain: the slice's head/brain mask (threshold, closing, hole filling, largest component),
-      Gaussian-smoothed
- 1    edge: the outline of that mask (morphological gradient), Gaussian-smoothed
- 2-4  tumour, one channel per class (meningioma, glioma, pituitary): the tumour mask in the
-      channel of the slice's class, zeros in the other two (tumour mask = sum of channels 2-4)
+ 0    anatomy: the real slice / 255, set to 0 inside the hole
+ 1    hole: 1 where the generator paints (the dilated region erased from channel 0)
+ 2-4  tumour, one channel per class (meningioma, glioma, pituitary): the tumour mask in the channel
+      of its class; all three zero = paint healthy tissue (a tumour removed from a donor)
 ====  =========================================================================================
 
-Everything is derived from the slice itself plus its tumour mask and label, so a synthetic image
-rendered from a condition carries a known label. Synthesis draws new conditions from real training
-ones with :class:`AugmentGeometry` (flip, small affine, elastic warp of the tumour, transplanting the
-tumour into another same-class brain where it fits), deterministic for a ``numpy.random.Generator``.
+The target is the real crop. Crops are square windows of the slice, placed around a region (its bounding-box
+centre, optionally shifted) and clamped to the image, so positions keep their meaning: slices come in the
+canonical geometry, where a same-plane position means the same place in any head.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
-
 import numpy as np
-from scipy import ndimage, signal
+from scipy import ndimage
 from skimage.filters import threshold_otsu
 
 from datasets.core import CLASS_NAMES
 
 NUM_CLASSES = len(CLASS_NAMES)
 CONDITION_CHANNELS = 2 + NUM_CLASSES
-CHANNEL_NAMES: tuple[str, ...] = ("brain", "edge", *(f"tumour_{name}" for name in CLASS_NAMES))
+CHANNEL_NAMES: tuple[str, ...] = ("anatomy", "hole", *(f"tumour_{name}" for name in CLASS_NAMES))
+HEALTHY = -1
+"""The label of a condition whose hole holds no tumour (paint healthy tissue)."""
 CLASS_COLOURS = np.array([[255, 64, 64], [64, 255, 64], [64, 128, 255]], dtype=np.float32)
 """RGB of each class's tumour in condition previews (meningioma red, glioma green, pituitary blue)."""
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """The layout one condition is rendered from: ``brain`` and ``tumour`` bool ``(S, S)``, class index
-    ``label``, and ``host``: the index of the real slice whose brain this is (-1 when unknown)."""
-
-    brain: np.ndarray
-    tumour: np.ndarray
-    label: int
-    host: int = -1
+REFERENCE_SIZE = 128
+"""Pixel radii and sigmas in configs are given at this slice size and scale with it."""
 
 
 class BrainMask:
@@ -50,9 +39,6 @@ class BrainMask:
 
     Radii scale with the image size (given for 128 px), so 64 and 256 px masks look alike.
 
-    Args:
-        threshold_scale: factor on the Otsu threshold; below 1 keeps dark brain tissue in the mask.
-        closing_radius: closing radius in pixels at 128 px.
     Raises:
         ValueError: a non-2-D image or a bad parameter.
     """
@@ -68,18 +54,18 @@ class BrainMask:
     def __call__(self, image: np.ndarray) -> np.ndarray:
         if image.ndim != 2:
             raise ValueError(f"expected a 2-D slice, got shape {image.shape}")
-        scale = image.shape[0] / 128.0
+        scale = image.shape[0] / REFERENCE_SIZE
         smooth = ndimage.gaussian_filter(image.astype(np.float32), sigma=max(0.5, scale))
         if smooth.max() <= smooth.min():
             return np.zeros(image.shape, dtype=bool)
         mask = smooth > self.threshold_scale * threshold_otsu(smooth)
-        mask = ndimage.binary_closing(mask, structure=_disk(self.closing_radius * scale), border_value=0)
+        mask = ndimage.binary_closing(mask, structure=disk(self.closing_radius * scale), border_value=0)
         mask = ndimage.binary_fill_holes(mask)
         labels, count = ndimage.label(mask)
         if count > 1:
             sizes = np.bincount(labels.ravel())[1:]
             mask = labels == 1 + int(np.argmax(sizes))
-        return ndimage.binary_opening(mask, structure=_disk(max(1.0, scale)))
+        return ndimage.binary_opening(mask, structure=disk(max(1.0, scale)))
 
 
 def brain_masks(images: np.ndarray, tumours: np.ndarray, brain_mask: BrainMask | None = None) -> np.ndarray:
@@ -89,171 +75,107 @@ def brain_masks(images: np.ndarray, tumours: np.ndarray, brain_mask: BrainMask |
                      for image, tumour in zip(images, tumours, strict=True)])
 
 
-def render_condition(geometry: Geometry) -> np.ndarray:
-    """The float32 ``(CONDITION_CHANNELS, S, S)`` condition of ``geometry`` (channels in the module docstring)."""
-    if not 0 <= geometry.label < NUM_CLASSES:
-        raise ValueError(f"label must be a class index 0..{NUM_CLASSES - 1}, got {geometry.label}")
-    size = geometry.brain.shape[0]
-    sigma = max(0.5, size / 128.0)
-    brain = geometry.brain.astype(np.float32)
-    edge = (geometry.brain ^ ndimage.binary_erosion(geometry.brain, border_value=0)).astype(np.float32)
-    condition = np.zeros((CONDITION_CHANNELS, *geometry.brain.shape), dtype=np.float32)
-    condition[0] = ndimage.gaussian_filter(brain, sigma=sigma)
-    condition[1] = np.clip(ndimage.gaussian_filter(edge, sigma=sigma) * 2.0, 0.0, 1.0)
-    condition[2 + geometry.label] = geometry.tumour
-    return condition
-
-
-def render_conditions(geometries: Sequence[Geometry]) -> np.ndarray:
-    """Stack :func:`render_condition` over ``geometries``: float32 ``(N, C, S, S)``."""
-    return np.stack([render_condition(g) for g in geometries])
-
-
-def condition_preview(condition: np.ndarray) -> np.ndarray:
-    """An RGB uint8 ``(S, S, 3)`` picture of a condition: grey brain, white edge, tumour in its class colour."""
-    grey = np.clip(condition[0] * 70.0 + condition[1] * 185.0, 0.0, 255.0)
-    rgb = np.repeat(grey[..., None], 3, axis=-1)
-    tumour = condition[2:].sum(axis=0)
-    colour = np.tensordot(np.moveaxis(condition[2:], 0, -1), CLASS_COLOURS, axes=1)
-    rgb = rgb * (1.0 - tumour[..., None]) + colour
-    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
-
-
-class RandFlip:
-    """Mirror the whole geometry left-right with probability ``prob``."""
-
-    def __init__(self, prob: float = 0.5) -> None:
-        _check_prob(prob, "prob")
-        self.prob = prob
-
-    def __call__(self, geometry: Geometry, rng: np.random.Generator) -> Geometry:
-        if rng.random() >= self.prob:
-            return geometry
-        return replace(geometry, brain=geometry.brain[:, ::-1].copy(), tumour=geometry.tumour[:, ::-1].copy())
-
-
-class RandAffine:
-    """Rotate (degrees), scale and translate (fraction of the side) brain and tumour together
-    about the image centre, each parameter drawn uniformly from its range.
-
-    Raises:
-        ValueError: a negative range or a scale range outside (0, 2).
-    """
-
-    def __init__(self, rotate_deg: float = 10.0, translate: float = 0.05,
-                 scale: tuple[float, float] = (0.9, 1.1)) -> None:
-        if rotate_deg < 0 or translate < 0:
-            raise ValueError(f"rotate_deg and translate must be >= 0, got {rotate_deg}, {translate}")
-        if not 0.0 < scale[0] <= scale[1] < 2.0:
-            raise ValueError(f"scale must be an increasing pair in (0, 2), got {tuple(scale)}")
-        self.rotate_deg, self.translate, self.scale = rotate_deg, translate, (float(scale[0]), float(scale[1]))
-
-    def __call__(self, geometry: Geometry, rng: np.random.Generator) -> Geometry:
-        size = geometry.brain.shape[0]
-        angle = np.deg2rad(rng.uniform(-self.rotate_deg, self.rotate_deg))
-        zoom = rng.uniform(*self.scale)
-        shift = rng.uniform(-self.translate, self.translate, size=2) * size
-        cos, sin = np.cos(angle) / zoom, np.sin(angle) / zoom
-        matrix = np.array([[cos, -sin], [sin, cos]])  # output -> input coordinates
-        centre = (np.array(geometry.brain.shape) - 1) / 2.0
-        offset = centre - matrix @ (centre + shift)
-        brain = _warp_mask(geometry.brain, lambda m: ndimage.affine_transform(m, matrix, offset, order=1))
-        tumour = _warp_mask(geometry.tumour, lambda m: ndimage.affine_transform(m, matrix, offset, order=1))
-        return _keep_tumour_inside(geometry, brain=brain | tumour, tumour=tumour)
-
-
-class RandElasticTumour:
-    """Elastic warp of the tumour mask only: a random displacement field, Gaussian-smoothed with
-    ``sigma`` and scaled to at most ``alpha`` pixels (both given for 128 px), clipped to the brain."""
-
-    def __init__(self, alpha: float = 4.0, sigma: float = 4.0) -> None:
-        if alpha < 0 or sigma <= 0:
-            raise ValueError(f"need alpha >= 0 and sigma > 0, got alpha={alpha}, sigma={sigma}")
-        self.alpha, self.sigma = alpha, sigma
-
-    def __call__(self, geometry: Geometry, rng: np.random.Generator) -> Geometry:
-        shape = geometry.tumour.shape
-        scale = shape[0] / 128.0
-        fields = []
-        for _ in range(2):
-            field = ndimage.gaussian_filter(rng.uniform(-1.0, 1.0, size=shape), sigma=self.sigma * scale)
-            peak = np.abs(field).max()
-            fields.append(field * (self.alpha * scale / peak) if peak > 0 else field)
-        rows, cols = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
-        coordinates = np.stack([rows + fields[0], cols + fields[1]])
-        tumour = _warp_mask(geometry.tumour, lambda m: ndimage.map_coordinates(m, coordinates, order=1))
-        return _keep_tumour_inside(geometry, brain=geometry.brain, tumour=tumour & geometry.brain)
-
-
-class RandTumourTransplant:
-    """With probability ``prob``, move the tumour into the brain of another slice of the same class,
-    at a random position where the whole tumour lies inside that brain (eroded by ``margin`` pixels).
-
-    Args:
-        brains: bool ``(N, S, S)`` brain masks of the candidate hosts.
-        labels: their class indices ``(N,)``; a transplanted geometry's ``host`` indexes these.
-        prob: probability of a transplant.
-        margin: pixels between the tumour and the host's brain outline.
-    When no host of the class can hold the tumour, the geometry is returned unchanged.
-    """
-
-    def __init__(self, brains: np.ndarray, labels: np.ndarray, prob: float = 0.5, margin: int = 2) -> None:
-        _check_prob(prob, "prob")
-        brains, labels = np.asarray(brains, dtype=bool), np.asarray(labels)
-        if brains.ndim != 3 or brains.shape[0] != labels.shape[0]:
-            raise ValueError(f"brains {brains.shape} must be (N, S, S) with one label each ({labels.shape})")
-        self.brains, self.labels, self.prob, self.margin = brains, labels, prob, int(margin)
-        self._hosts = {c: np.flatnonzero(labels == c) for c in range(NUM_CLASSES)}
-
-    def __call__(self, geometry: Geometry, rng: np.random.Generator) -> Geometry:
-        hosts = self._hosts.get(geometry.label, np.empty(0, dtype=np.int64))
-        if rng.random() >= self.prob or hosts.size == 0 or not geometry.tumour.any():
-            return geometry
-        host = int(rng.choice(hosts))
-        rows, cols = np.nonzero(geometry.tumour)
-        crop = geometry.tumour[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
-        inside = ndimage.binary_erosion(self.brains[host], iterations=self.margin) if self.margin else self.brains[host]
-        overlap = signal.correlate(inside.astype(np.float32), crop.astype(np.float32), mode="valid", method="fft")
-        fits = np.argwhere(overlap > crop.sum() - 0.5)
-        if fits.size == 0:
-            return geometry
-        top, left = fits[rng.integers(len(fits))]
-        tumour = np.zeros_like(geometry.tumour)
-        tumour[top:top + crop.shape[0], left:left + crop.shape[1]] = crop
-        return Geometry(brain=self.brains[host], tumour=tumour, label=geometry.label, host=host)
-
-
-class AugmentGeometry:
-    """Compose geometry augmentations, each drawing from the same ``numpy.random.Generator``,
-    so one generator state fixes the result."""
-
-    def __init__(self, transforms: Sequence) -> None:
-        self.transforms = list(transforms)
-
-    def __call__(self, geometry: Geometry, rng: np.random.Generator) -> Geometry:
-        for transform in self.transforms:
-            geometry = transform(geometry, rng)
-        return geometry
-
-
-def _disk(radius: float) -> np.ndarray:
+def disk(radius: float) -> np.ndarray:
+    """A bool disk structuring element of ``radius`` pixels (at least 1)."""
     r = max(1, int(round(radius)))
     y, x = np.ogrid[-r:r + 1, -r:r + 1]
     return x * x + y * y <= r * r
 
 
-def _warp_mask(mask: np.ndarray, warp) -> np.ndarray:
-    """Apply a linear-interpolating ``warp`` to a bool mask and threshold it back at one half."""
-    return warp(mask.astype(np.float32)) > 0.5
+def scaled(pixels: float, size: int) -> float:
+    """``pixels`` given at :data:`REFERENCE_SIZE` px, at a ``size`` px slice."""
+    return pixels * size / REFERENCE_SIZE
 
 
-def _keep_tumour_inside(original: Geometry, brain: np.ndarray, tumour: np.ndarray) -> Geometry:
-    """The warped geometry, or ``original`` when the warp pushed the tumour out of the image."""
-    if original.tumour.any() and not tumour.any():
-        return original
-    return replace(original, brain=brain, tumour=tumour)
+def hole_of(tumour: np.ndarray, radius: float) -> np.ndarray:
+    """The region erased for ``tumour``: the mask dilated by a disk of ``radius`` pixels (0: the mask itself)."""
+    tumour = np.asarray(tumour, dtype=bool)
+    return ndimage.binary_dilation(tumour, structure=disk(radius)) if radius > 0 else tumour.copy()
 
 
-def _check_prob(value: float, name: str) -> None:
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must be a probability in [0, 1], got {value}")
+def encode(image: np.ndarray, hole: np.ndarray, tumour: np.ndarray, label: int) -> np.ndarray:
+    """The condition of a uint8 crop ``image`` with ``hole`` erased and ``tumour`` coded as class ``label``
+    (:data:`HEALTHY`: no tumour; ``tumour`` must then be empty).
+
+    Raises:
+        ValueError: a label outside ``HEALTHY, 0..NUM_CLASSES-1``, a tumour with a healthy label, or a tumour
+            outside the hole.
+    """
+    hole, tumour = np.asarray(hole, dtype=bool), np.asarray(tumour, dtype=bool)
+    if not HEALTHY <= label < NUM_CLASSES:
+        raise ValueError(f"label must be {HEALTHY} (healthy) or a class index 0..{NUM_CLASSES - 1}, got {label}")
+    if tumour.any() and (label == HEALTHY or (tumour & ~hole).any()):
+        raise ValueError("a tumour needs a class label and must lie inside the hole")
+    condition = np.zeros((CONDITION_CHANNELS, *hole.shape), dtype=np.float32)
+    condition[0] = np.where(hole, 0.0, np.asarray(image, dtype=np.float32) / 255.0)
+    condition[1] = hole
+    if label != HEALTHY:
+        condition[2 + label] = tumour
+    return condition
+
+
+def decode(condition: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Invert :func:`encode`: the uint8 anatomy (0 in the hole), the hole, the tumour and its label."""
+    anatomy = np.round(condition[0] * 255.0).astype(np.uint8)
+    hole = condition[1] > 0.5
+    coded = condition[2:] > 0.5
+    present = np.flatnonzero(coded.any(axis=(1, 2)))
+    if present.size > 1:
+        raise ValueError(f"a condition codes one class, this one codes {present.tolist()}")
+    label = int(present[0]) if present.size else HEALTHY
+    return anatomy, hole, coded.any(axis=0), label
+
+
+def crop_origin(region: np.ndarray, crop: int, shift: tuple[int, int] = (0, 0)) -> tuple[int, int]:
+    """Top-left corner of the ``crop`` x ``crop`` window centred on ``region``'s bounding box (the image centre
+    when ``region`` is empty), plus ``shift`` pixels, clamped to the image."""
+    rows, cols = np.nonzero(region)
+    size = region.shape[0]
+    if rows.size == 0:
+        rows = cols = np.array([size // 2])
+    centre = ((rows.min() + rows.max() + 1) // 2 + shift[0], (cols.min() + cols.max() + 1) // 2 + shift[1])
+    return tuple(int(np.clip(c - crop // 2, 0, size - crop)) for c in centre)
+
+
+def inside_window(region: np.ndarray, origin: tuple[int, int], crop: int, margin: int) -> bool:
+    """Whether ``region`` lies in the window at ``origin`` at least ``margin`` pixels from its border
+    (the image border counts as inside; an empty region always does)."""
+    rows, cols = np.nonzero(region)
+    if rows.size == 0:
+        return True
+    size = region.shape[0]
+    low = [origin[0] + margin if origin[0] > 0 else 0, origin[1] + margin if origin[1] > 0 else 0]
+    high = [origin[0] + crop - margin if origin[0] + crop < size else size,
+            origin[1] + crop - margin if origin[1] + crop < size else size]
+    return bool(rows.min() >= low[0] and cols.min() >= low[1] and rows.max() < high[0] and cols.max() < high[1])
+
+
+def window(array: np.ndarray, origin: tuple[int, int], crop: int) -> np.ndarray:
+    """The ``crop`` x ``crop`` window of the last two axes of ``array`` at ``origin`` (a view)."""
+    return array[..., origin[0]:origin[0] + crop, origin[1]:origin[1] + crop]
+
+
+def paste(image: np.ndarray, painted: np.ndarray, hole: np.ndarray, origin: tuple[int, int],
+          feather: float) -> np.ndarray:
+    """``image`` with the uint8 crop ``painted`` blended in at ``origin``: fully inside ``hole`` (crop
+    coordinates), fading out over a Gaussian of ``feather`` pixels around it, the original elsewhere."""
+    alpha = hole.astype(np.float32)
+    if feather > 0:
+        alpha = np.maximum(alpha, np.clip(ndimage.gaussian_filter(alpha, sigma=feather) * 2.0, 0.0, 1.0))
+    result = image.copy()
+    original = window(image, origin, painted.shape[0]).astype(np.float32)
+    blended = alpha * painted.astype(np.float32) + (1.0 - alpha) * original
+    window(result, origin, painted.shape[0])[...] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    return result
+
+
+def condition_preview(condition: np.ndarray) -> np.ndarray:
+    """An RGB uint8 ``(K, K, 3)`` picture of a condition: the anatomy, the hole dark blue-grey, the tumour in
+    its class colour."""
+    grey = condition[0] * 255.0
+    rgb = np.repeat(grey[..., None], 3, axis=-1)
+    rgb = np.where(condition[1][..., None] > 0.5, np.array([40.0, 40.0, 70.0]), rgb)
+    tumour = condition[2:].sum(axis=0)
+    colour = np.tensordot(np.moveaxis(condition[2:], 0, -1), CLASS_COLOURS, axes=1)
+    rgb = rgb * (1.0 - tumour[..., None]) + colour
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)

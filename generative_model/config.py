@@ -1,8 +1,9 @@
 """Typed Hydra schemas of the generator entry points: ``net.*`` (architecture), ``train.*`` (schedule, Adam,
-checkpoints, logging), ``loss.*`` (the pix2pix losses) and ``augment.*`` (condition augmentation for synthesis)."""
+checkpoints, logging), ``loss.*`` (the pix2pix losses), ``condition.*`` (the training crops) and ``transplant.*``
+(how synthesis places tumours in donor slices)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from hydra.core.config_store import ConfigStore
 
@@ -35,7 +36,7 @@ class GeneratorTrainConfig(experiment_config.TrainConfig):
 
     epochs: int = 3
     epochs_decay: int = 3
-    batch_size: int = 4
+    batch_size: int = 8
     lr: float = 2e-4
     beta1: float = 0.5
     log_every: int = 25
@@ -44,31 +45,46 @@ class GeneratorTrainConfig(experiment_config.TrainConfig):
 
 @dataclass
 class LossConfig:
-    """The generator loss: adversarial (``gan_mode`` ``vanilla`` or ``lsgan``) plus ``lambda_l1`` x L1."""
+    """The generator loss: adversarial (``gan_mode`` ``vanilla`` or ``lsgan``) plus ``lambda_l1`` x L1, hole
+    pixels weighted ``hole_weight`` times the rest of the crop."""
 
     gan_mode: str = "vanilla"
     lambda_l1: float = DEFAULT_LAMBDA_L1
+    hole_weight: float = 4.0
 
 
 @dataclass
-class AugmentConfig:
-    """How synthesis derives new conditions from real training conditions (see ``generative_model.conditions``)."""
+class ConditionConfig:
+    """The generator's crops: ``crop_size`` px windows (a U-Net size), the tumour dilated by ``erase_radius`` into
+    the hole, windows shifted by up to ``jitter`` px in training, a ``healthy_prob`` share of healthy pairs
+    (``generative_model.pairs``). Radii are given at 128 px and scale with ``data.image_size``."""
 
-    flip_prob: float = 0.5
-    rotate_deg: float = 10.0
-    translate: float = 0.05
-    scale: list[float] = field(default_factory=lambda: [0.9, 1.1])
-    elastic_alpha: float = 4.0
-    elastic_sigma: float = 4.0
-    transplant_prob: float = 0.5
+    crop_size: int = 64
+    erase_radius: float = 4.0
+    jitter: float = 8.0
+    healthy_prob: float = 0.25
+
+
+@dataclass
+class TransplantConfig:
+    """Synthesis (``generative_model.transplant``): a mask's donors are the ``neighbours`` most similar slices of
+    other patients in its plane; a tumour lies at least ``margin`` px inside the donor's head; pasted crops fade
+    out over ``feather`` px; ``tries`` (mask, donor) draws before giving up. Pixels at 128 px."""
+
+    neighbours: int = 16
+    margin: float = 2.0
+    feather: float = 1.5
+    tries: int = 200
 
 
 def register() -> None:
-    """Register the ``data``, ``monitor``, ``net``, ``train``, ``loss`` and ``augment`` groups (idempotent)."""
+    """Register the ``data``, ``monitor``, ``net``, ``train``, ``loss``, ``condition`` and ``transplant`` groups
+    (idempotent)."""
     data_config.register()
     experiment_config.register()
     store = ConfigStore.instance()
     store.store(group="net", name="pix2pix", node=NetConfig)
     store.store(group="train", name="pix2pix", node=GeneratorTrainConfig)
     store.store(group="loss", name="pix2pix", node=LossConfig)
-    store.store(group="augment", name="default", node=AugmentConfig)
+    store.store(group="condition", name="anatomy", node=ConditionConfig)
+    store.store(group="transplant", name="default", node=TransplantConfig)

@@ -28,8 +28,8 @@ log = logging.getLogger(__name__)
 RESULT_FILE = "consistency.json"
 
 
-def onnx_predictor(model_path: Path, image_size: int, batch_size: int = 256):
-    """``predict(uint8 N x S x S) -> class indices`` backed by an exported ONNX classifier.
+def onnx_session(model_path: Path, image_size: int):
+    """An onnxruntime session of an exported classifier, checked to take ``(batch, 1, image_size, image_size)``.
 
     onnxruntime reads the file from its path, so weights stored beside it resolve inside its folder only
     (onnxruntime refuses paths that lead out of it).
@@ -51,6 +51,13 @@ def onnx_predictor(model_path: Path, image_size: int, batch_size: int = 256):
     spec = session.get_inputs()[0]
     if list(spec.shape[1:]) != [1, image_size, image_size]:
         raise DataError(f"{model_path} expects input {spec.shape}, the shards hold {image_size}x{image_size} slices")
+    return session
+
+
+def onnx_predictor(model_path: Path, image_size: int, batch_size: int = 256):
+    """``predict(uint8 N x S x S) -> class indices`` backed by an exported ONNX classifier (:func:`onnx_session`)."""
+    session = onnx_session(model_path, image_size)
+    spec = session.get_inputs()[0]
 
     def predict(images: np.ndarray) -> np.ndarray:
         outputs = [session.run(None, {spec.name: images[i:i + batch_size, None].astype(np.float32) / 255.0})[0]
@@ -58,6 +65,68 @@ def onnx_predictor(model_path: Path, image_size: int, batch_size: int = 256):
         return np.concatenate(outputs).argmax(1)
 
     return predict
+
+
+class OnnxJudge:
+    """An exported real-data classifier that returns its class probabilities and a feature vector per slice.
+
+    The features are the last internal float tensor on the path to the probabilities with more values per image
+    than there are classes (the class capsules of the capsule network, the pooled 2048 features of ResNet50),
+    exposed as an extra output of an in-memory copy of the graph; the file on disk is not changed.
+
+    Raises:
+        DataError: as :func:`onnx_session`, or a graph without such a tensor.
+    """
+
+    def __init__(self, model_path: Path, image_size: int, batch_size: int = 128) -> None:
+        import onnx
+        import onnxruntime
+
+        checked = onnx_session(model_path, image_size)
+        self.input = checked.get_inputs()[0].name
+        model = onnx.shape_inference.infer_shapes(onnx.load(str(model_path)))
+        typed = {info.name: info for info in model.graph.value_info
+                 if info.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+                 and len(info.type.tensor_type.shape.dim) >= 2}
+        probabilities = model.graph.output[0].name
+        feeding = _ancestors(model.graph, probabilities)
+        candidates = [name for node in model.graph.node for name in node.output
+                      if name in typed and name in feeding and name != probabilities]
+        model.graph.output.extend(typed[name] for name in candidates)
+        self.session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        self.batch_size = batch_size
+        probe = self.session.run(None, {self.input: np.zeros((2, 1, image_size, image_size), np.float32)})
+        classes = probe[0].shape[-1]
+        sized = [k for k, value in enumerate(probe[1:], start=1)
+                 if value.ndim >= 2 and value.shape[0] == 2 and value[0].size > classes]
+        if not sized:
+            raise DataError(f"{model_path}: no internal tensor to use as features")
+        self.feature_index = sized[-1]
+        self.feature_name = candidates[self.feature_index - 1]
+
+    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities ``(N, classes)`` and features ``(N, D)`` of uint8 slices ``(N, S, S)``."""
+        probabilities, features = [], []
+        for start in range(0, len(images), self.batch_size):
+            batch = images[start:start + self.batch_size, None].astype(np.float32) / 255.0
+            outputs = self.session.run(None, {self.input: batch})
+            probabilities.append(outputs[0])
+            features.append(outputs[self.feature_index].reshape(len(batch), -1))
+        return np.concatenate(probabilities), np.concatenate(features).astype(np.float64)
+
+
+def _ancestors(graph, name: str) -> set[str]:
+    """The names of every tensor that ``name`` is computed from in ``graph`` (``name`` included)."""
+    producer = {output: node for node in graph.node for output in node.output}
+    seen, stack = set(), [name]
+    while stack:
+        tensor = stack.pop()
+        if tensor in seen:
+            continue
+        seen.add(tensor)
+        if tensor in producer:
+            stack.extend(producer[tensor].input)
+    return seen
 
 
 def shard_consistency(shards: Path, model_path: Path) -> dict:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
+from omegaconf import OmegaConf
 
 from datasets.core import CLASS_NAMES, DataError, SliceSet
 from datasets.splits import load_data, load_fold
@@ -53,3 +55,16 @@ def load_fold_data(data_cfg: Any, fold: Optional[int]) -> FoldData:
         raise DataError(f"class(es) {empty} have no slices in {where} ({data.source}); the generator "
                         "needs every class to draw labelled conditions")
     return selected
+
+
+def load_run_fold(run_dir: str | Path) -> FoldData:
+    """The fold data of a generator run, from the ``data`` and ``fold`` of its ``config.yaml``.
+
+    Raises:
+        DataError: no ``config.yaml`` in ``run_dir``, or as :func:`load_fold_data`.
+    """
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise DataError(f"{run_dir} holds no config.yaml: not a generator run directory")
+    cfg = OmegaConf.load(path)
+    return load_fold_data(cfg.data, cfg.fold)

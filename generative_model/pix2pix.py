@@ -1,7 +1,8 @@
 """The pix2pix training step (after junyanz ``models/pix2pix_model.py``) and the generator's image I/O.
 
 ``set_input`` -> ``forward`` -> ``backward_D`` (on detached fakes) -> ``backward_G`` (adversarial +
-``lambda_l1`` * L1, discriminator frozen), wrapped by ``optimize_parameters``. Learning rate: constant
+``lambda_l1`` * L1, discriminator frozen), wrapped by ``optimize_parameters``. The L1 term may weigh the
+pixels of a ``hole`` (where the generator paints) ``hole_weight`` times the others. Learning rate: constant
 for ``epochs``, then linear decay to zero over ``epochs_decay`` (``update_learning_rate`` once per epoch).
 """
 from __future__ import annotations
@@ -17,8 +18,8 @@ from experiment.device import autocast, grad_scaler
 from generative_model.losses import GANLoss
 
 LOSS_NAMES = ("G_GAN", "G_L1", "D_real", "D_fake")
-"""Scalars returned by :meth:`Pix2Pix.optimize_parameters`; ``G_L1`` is the mean absolute error in
-[-1, 1] units before the ``lambda_l1`` weight."""
+"""Scalars returned by :meth:`Pix2Pix.optimize_parameters`; ``G_L1`` is the plain mean absolute error in
+[-1, 1] units (before the hole and ``lambda_l1`` weights)."""
 STATE_KEYS = ("G", "D", "optimizer_G", "optimizer_D", "scheduler_G", "scheduler_D", "scaler_G", "scaler_D")
 """The parts of :meth:`Pix2Pix.state_dict`."""
 
@@ -47,16 +48,17 @@ class Pix2Pix:
         lr, beta1: Adam settings (2e-4 and 0.5 in pix2pix).
         gan_mode: ``vanilla`` or ``lsgan`` (:class:`GANLoss`).
         lambda_l1: weight of the L1 term.
+        hole_weight: weight of hole pixels in the L1 term relative to the others (1: plain L1).
         epochs, epochs_decay: the learning-rate schedule (see :class:`LinearDecay`).
         device: where the networks live; ``amp`` turns on float16 autocast there (CUDA only).
     """
 
     def __init__(self, *, generator: nn.Module, discriminator: nn.Module, lr: float, beta1: float, gan_mode: str,
-                 lambda_l1: float, epochs: int, epochs_decay: int, device: torch.device, amp: bool = True) -> None:
-        self.device, self.amp, self.lambda_l1 = device, amp, lambda_l1
+                 lambda_l1: float, epochs: int, epochs_decay: int, device: torch.device, amp: bool = True,
+                 hole_weight: float = 1.0) -> None:
+        self.device, self.amp, self.lambda_l1, self.hole_weight = device, amp, lambda_l1, hole_weight
         self.netG, self.netD = generator.to(device), discriminator.to(device)
         self.criterionGAN = GANLoss(gan_mode).to(device)
-        self.criterionL1 = nn.L1Loss()
         self.optimizer_G = torch.optim.Adam(self.netG.parameters(), lr=lr, betas=(beta1, 0.999))
         self.optimizer_D = torch.optim.Adam(self.netD.parameters(), lr=lr, betas=(beta1, 0.999))
         self.scheduler_G = torch.optim.lr_scheduler.LambdaLR(self.optimizer_G, LinearDecay(epochs, epochs_decay))
@@ -64,10 +66,12 @@ class Pix2Pix:
         self.scaler_G, self.scaler_D = grad_scaler(device, amp), grad_scaler(device, amp)
         self.losses: dict[str, torch.Tensor] = {}
 
-    def set_input(self, condition: torch.Tensor, real: torch.Tensor) -> None:
-        """Hold one batch: ``condition`` float ``(N, C, S, S)``, ``real`` in ``[-1, 1]`` ``(N, 1, S, S)``."""
+    def set_input(self, condition: torch.Tensor, real: torch.Tensor, hole: torch.Tensor | None = None) -> None:
+        """Hold one batch: ``condition`` float ``(N, C, S, S)``, ``real`` in ``[-1, 1]`` ``(N, 1, S, S)`` and
+        the ``hole`` mask ``(N, 1, S, S)`` (None: no pixel weighted more)."""
         self.real_A = condition.to(self.device, non_blocking=True)
         self.real_B = real.to(self.device, non_blocking=True)
+        self.weight = None if hole is None else 1.0 + (self.hole_weight - 1.0) * hole.to(self.device)
 
     def forward(self) -> None:
         """``fake_B = G(real_A)``."""
@@ -89,8 +93,10 @@ class Pix2Pix:
         with autocast(self.device, self.amp):
             pred_fake = self.netD(torch.cat([self.real_A, self.fake_B], 1))
             self.losses["G_GAN"] = self.criterionGAN(pred_fake, True)
-            self.losses["G_L1"] = self.criterionL1(self.fake_B.float(), self.real_B)
-            loss_G = self.losses["G_GAN"] + self.lambda_l1 * self.losses["G_L1"]
+            error = (self.fake_B.float() - self.real_B).abs()
+            self.losses["G_L1"] = error.mean()
+            weighted = self.losses["G_L1"] if self.weight is None else (error * self.weight).sum() / self.weight.sum()
+            loss_G = self.losses["G_GAN"] + self.lambda_l1 * weighted
         self.scaler_G.scale(loss_G).backward()
 
     def optimize_parameters(self) -> dict[str, float]:

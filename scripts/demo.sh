@@ -20,7 +20,8 @@ python -m datasets.inspect "${data_args[@]}" "out=$out/inspect"
 
 echo "== 2/5 cross-validation: generator + synthesis, capsnet pretrain + fine-tune + test, report, export"
 bash scripts/cross_validate.sh model=capsnet synthetic=true "${data_args[@]}" "out=$out/protocol" \
-  gan.train.epochs=1 gan.train.epochs_decay=1 gan.net.ngf=16 gan.net.ndf=16 gan.count=900 \
+  gan.train.epochs=1 gan.train.epochs_decay=1 gan.net.ngf=16 gan.net.ndf=16 gan.condition.crop_size=32 \
+  gan.count=900 \
   train.epochs=20 train.patience=8 pretrain.epochs=3 monitor.visdom=false
 
 report=$out/protocol/report/capsnet-synthetic

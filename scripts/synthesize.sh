@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# Train the pix2pix generator of one fold (or reuse checkpoint=PATH), then write its synthetic shards.
+# Train the anatomy-conditioned pix2pix generator of one fold (or reuse checkpoint=PATH), then write its
+# synthetic shards (tumours transplanted into other training patients' slices); with judge=PATH/model.onnx
+# (the fold's real-data classifier) also assess them into the run's quality.json.
 #
 #   ./scripts/synthesize.sh [data.root=PATH] [fold=0|null] [data.image_size=128] [train.epochs=3]
 #                           [train.epochs_decay=3] [count=7000] [proportions=balanced|real] [out=DIR]
-#                           [checkpoint=PATH] [key=value ...] [--debug]
+#                           [checkpoint=PATH] [judge=PATH] [key=value ...] [--debug]
 #
 # Each key goes to the step whose config defines it (python -m generative_model.route): train.*, net.*,
-# loss.*, monitor.* and resume to training; count, proportions, out, batch_size (the synthesis batch),
-# checkpoint, augment.* ... to synthesis; keys both define (data.*, fold, seed, device, amp, run_dir) to
+# loss.*, condition.*, monitor.* and resume to training; count, proportions, out, batch_size (the synthesis
+# batch), checkpoint, judge, transplant.* ... to synthesis; keys both define (data.*, fold, seed, device, amp, run_dir) to
 # both. A key neither defines is refused; old key names (epochs=, optim.lr=, ...) warn and are renamed.
 # Training resumes its run directory, and synthesis its shard folder, so re-running finishes a killed job.
 # A bad setting or input stops it with the failing step's one-line error and exit status 2 (--debug: traceback).

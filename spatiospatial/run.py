@@ -15,7 +15,6 @@ summary is finished and is not rerun), which records parameters and forward FLOP
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from datasets.augment import volume_augmentation
+from datasets.config import check_split_settings
 from datasets.core import DataError, check_allocation, default_cache_dir
 from datasets.volume_splits import load_or_make_split, split_records
 from datasets.volumes import (
@@ -44,7 +44,7 @@ from datasets.volumes import (
 from experiment import config as experiment_config
 from experiment.batches import TrainBatches, eval_batches
 from experiment.checkpoint import load_checkpoint, load_model_state
-from experiment.cli import hydra_argv, reports_user_errors
+from experiment.cli import reports_user_errors, run_hydra_app
 from experiment.device import describe
 from experiment.distributed import barrier, cleanup, is_main_process, rank, setup_device, world_size
 from experiment.engine import FitSettings, evaluate, fit
@@ -93,9 +93,8 @@ def check_config(cfg: DictConfig) -> None:
                                                                             for s in data.spacing),
                "three positive numbers (mm)"),
               *((f"data.{key}", data[key], data[key] in choices, f"one of {choices}")
-                for key, choices in (("layout", LAYOUTS), ("modality", MODALITIES), ("time_axis", AXES))),
-              *((f"data.{key}", data[key], 0 < data[key] < 0.5, "in (0, 0.5)")
-                for key in ("val_fraction", "test_fraction"))]
+                for key, choices in (("layout", LAYOUTS), ("modality", MODALITIES), ("time_axis", AXES)))]
+    check_split_settings(val_fraction=data.val_fraction, test_fraction=data.test_fraction)
     for key, value, ok, what in checks:
         if not ok:
             raise ConfigError(f"{key} must be {what}, got {value!r}")
@@ -215,5 +214,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    sys.argv = hydra_argv(sys.argv)
-    main()
+    run_hydra_app(main)

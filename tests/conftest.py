@@ -2,6 +2,7 @@
 (``CI=true``, or ``CI_REQUIRE_SHARED_DATA`` set: a skipped test is reported as failed)."""
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,18 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Keep every test's preprocessing cache out of the user's home."""
     monkeypatch.setenv("BRAIN_TUMOUR_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture(autouse=True)
+def _restored_logging() -> Iterator[None]:
+    """Undo logging set-up done inside a test (an in-process Hydra app or ``logging.basicConfig`` binds handlers
+    to that test's captured stderr, which is closed once it ends)."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in set(root.handlers) - set(handlers):
+        root.removeHandler(handler)
+    root.setLevel(level)
 
 
 @pytest.fixture

@@ -18,14 +18,26 @@ from collections.abc import Callable
 from pathlib import Path
 
 import h5py
+import hydra
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from niftis import brain, make_labels_csv, write_nifti
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError
 
+import generative_model.checkpoint as gan_checkpoint
+from datasets.core import DataError
 from datasets.fixtures import USERBLOCK, make_records, mat73_header, write_mat_folder, write_slice
 from datasets.shards import MANIFEST, shard_name, write_shards
-from experiment.cli import DEBUG_ENV
+from datasets.volume_splits import load_or_make_split, make_split
+from datasets.volumes import VolumeRecord, VolumeScan
+from experiment.checkpoint import CheckpointError
+from experiment.cli import DEBUG_ENV, reports_user_errors, run_hydra_app
+from experiment.errors import ConfigError
+from generative_model.checkpoint import ARCH_KEYS, load_generator
+from generative_model.conditions import CONDITION_CHANNELS
 
 ROOT = Path(__file__).resolve().parents[1]
 MARKER = "SENTINEL-OUTSIDE-5150"
@@ -383,3 +395,162 @@ def test_broken_folds_files_are_refused_naming_the_file(tmp_path: Path, folds_fi
     path.parent.mkdir()
     path.write_text(edit(original.read_text()))
     refused(inspect(tmp_path, folder, "data.k=2", "data.val_fraction=0.45"), str(path), says)
+
+
+# ----------------------------------------------------------------------------------------------- Hydra apps
+
+
+@pytest.mark.parametrize(("command", "override", "key"), [
+    ("capsule_classifier/train.py", "data.split=foo", "data.split"),
+    ("capsule_classifier/train.py", "device=cuda:99", "device"),
+    ("generative_model/train.py", "train.epochs=abc", "train.epochs"),
+    ("generative_model/synthesize.py", "nosuch=1", "nosuch"),
+    ("spatiospatial/run.py", "train.epochs=abc", "train.epochs"),
+    ("-m datasets.inspect", "data.k=99", "data.k"),
+])
+def test_hydra_apps_refuse_bad_overrides_in_one_line(tmp_path: Path, command: str, override: str, key: str) -> None:
+    line = refused(cli(tmp_path, *command_args(tmp_path, command, override, "data.image_size=32")), key)
+    prog = command.split(".")[-1] + ".py" if command.startswith("-m") else Path(command).name
+    assert line.startswith(f"{prog}: error: ")
+    assert "Traceback" not in line and "HYDRA_FULL_ERROR" not in line
+
+
+def test_debug_keeps_the_traceback_of_a_bad_override(tmp_path: Path) -> None:
+    result = cli(tmp_path, *command_args(tmp_path, "-m datasets.inspect", "nosuch=1", "--debug"))
+    assert result.returncode not in (0, EXIT_USER_ERROR)
+    assert "Traceback (most recent call last)" in result.stderr and "nosuch" in result.stderr
+
+
+def _refuse(*args: str) -> str:
+    raise ConfigError("data.split must be one of ('grouped', 'cvind'), got 'foo'")
+
+
+def _raise(error: BaseException) -> None:
+    raise error
+
+
+@pytest.fixture
+def hydra_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
+    """Run a throwaway ``@hydra.main`` app through :func:`run_hydra_app` in this process; its task raises ``error``
+    inside :func:`reports_user_errors` (as every app's does), or with ``error=None`` reads a missing key (a bug)."""
+    monkeypatch.setattr(sys, "argv", ["app.py"])
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
+    (tmp_path / "app.yaml").write_text("size: 32\n")
+    OmegaConf.register_new_resolver("test_refuse", _refuse, replace=True)
+
+    def run(error: BaseException | None, *overrides: str) -> None:
+        @hydra.main(config_path=str(tmp_path), config_name="app", version_base=None)
+        def main(cfg: DictConfig) -> None:
+            if error is not None:
+                reports_user_errors(_raise)(error)
+            OmegaConf.set_struct(cfg, True)
+            cfg.missing_key  # noqa: B018 (an OmegaConf error raised by the app itself: a bug)
+
+        run_hydra_app(main, ["app.py", f"hydra.run.dir={tmp_path / 'run'}", "hydra.output_subdir=null", *overrides])
+    return run
+
+
+@pytest.mark.parametrize("error", [RuntimeError("a bug"), None], ids=["exception", "omegaconf error in the app"])
+def test_unexpected_errors_in_a_hydra_app_keep_their_traceback(hydra_app: Callable[..., None],
+                                                               error: BaseException | None) -> None:
+    with pytest.raises(type(error) if error else ConfigAttributeError):
+        hydra_app(error)
+
+
+@pytest.mark.parametrize(("error", "overrides", "says"), [
+    (DataError("data file /x/y.mat is truncated"), (), "data file /x/y.mat is truncated"),
+    (None, ("nosuch=1",), "Could not override 'nosuch'; To append to your config use +nosuch=1"),
+    (None, ("size=[",), "override 'size=['"),
+    (None, ("hydra.run.dir=${test_refuse:}",), "data.split must be one of ('grouped', 'cvind'), got 'foo'"),
+], ids=["user error", "unknown key", "unparsable", "resolver refuses"])
+def test_expected_errors_in_a_hydra_app_are_one_line(hydra_app: Callable[..., None], capsys: pytest.CaptureFixture[str],
+                                                     error: BaseException | None, overrides: tuple, says: str) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        hydra_app(error, *overrides)
+    assert exit_info.value.code == EXIT_USER_ERROR
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("app.py: error: ") and says in line
+    assert os.environ.get("HYDRA_FULL_ERROR") is None  # left as it was
+
+
+# ----------------------------------------------------------------------------------------------- generator files
+
+
+VALID_ARCH = {"input_nc": CONDITION_CHANNELS, "output_nc": 1, "crop_size": 32, "slice_size": 32,
+              "erase_radius": 1.0, "ngf": 4, "norm": "instance", "use_dropout": False}
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("ngf", 10 ** 6), ("ngf", 0), ("ngf", "64"), ("crop_size", 4096), ("crop_size", 64), ("slice_size", 100000),
+    ("input_nc", 3), ("output_nc", 2), ("erase_radius", float("nan")), ("norm", ["instance"]), ("norm", "group"),
+    ("use_dropout", "yes"),
+])
+def test_generator_architecture_is_bounded_before_anything_is_built(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    key: str, value: object) -> None:
+    assert set(VALID_ARCH) == ARCH_KEYS
+    path = tmp_path / "generator.pt"
+    torch.save({"G": {}, "arch": {**VALID_ARCH, key: value}, "epoch": 1, "fold": 0}, path)
+    if key != "norm":
+        monkeypatch.setattr(gan_checkpoint, "define_G", lambda **arch: pytest.fail(f"built {arch}"))
+    with pytest.raises(CheckpointError, match=f"checkpoint {re.escape(str(path))}: .*{key if key != 'norm' else ''}"):
+        load_generator(path, image_size=32, fold=0, device=torch.device("cpu"))
+
+
+# ----------------------------------------------------------------------------------------------- volume splits
+
+
+def _scan(subjects_per_class: int = 3) -> VolumeScan:
+    records = [VolumeRecord(Path(f"/v/{label}-{i}.nii.gz"), label, f"s{label}-{i}")
+               for label in range(3) for i in range(subjects_per_class)]
+    return VolumeScan(Path("/v"), "csv", "t1ce", records)
+
+
+def _edited_split(edit: Callable[[dict], None]) -> Callable[[str], str]:
+    def apply(text: str) -> str:
+        manifest = json.loads(text)
+        edit(manifest["parts"])
+        return json.dumps(manifest)
+    return apply
+
+
+VOLUME_SPLIT_DEFECTS: dict[str, tuple[Callable[[str], str], str]] = {
+    "truncated": (lambda text: text[: len(text) // 2], "is unreadable or malformed .*JSONDecodeError"),
+    "not an object": (lambda text: "[1, 2]", "is unreadable or malformed"),
+    "parts lack subjects": (_edited_split(lambda p: p["val"].pop("subjects")), "is unreadable or malformed"),
+    "subjects overlap": (_edited_split(lambda p: p["test"]["subjects"].append(p["train"]["subjects"][0])),
+                         "has subject .* in both train and test"),
+    "volumes overlap": (_edited_split(lambda p: p["val"]["paths"].append(p["train"]["paths"][0])),
+                        "has volume .* in both train and val"),
+    "unknown subject": (_edited_split(lambda p: p["train"]["subjects"].append("nobody")),
+                        "train names subject nobody, which the data does not hold"),
+    "unknown volume": (_edited_split(lambda p: p["test"]["paths"].append("../../etc/passwd")),
+                       "test names volume ../../etc/passwd"),
+    "subject left out": (_edited_split(lambda p: p["train"]["subjects"].pop()), "leaves subject .* out of every part"),
+}
+
+
+@pytest.mark.parametrize("defect", VOLUME_SPLIT_DEFECTS)
+def test_broken_volume_split_files_are_refused_naming_the_file(tmp_path: Path, defect: str) -> None:
+    scan = _scan()
+    _, path = load_or_make_split(scan, tmp_path)
+    edit, says = VOLUME_SPLIT_DEFECTS[defect]
+    path.write_text(edit(path.read_text()))
+    with pytest.raises(DataError, match=f"split manifest {re.escape(str(path))}.* {says}"):
+        load_or_make_split(scan, tmp_path)
+
+
+def test_a_subject_with_two_labels_is_refused_naming_both_volumes(tmp_path: Path) -> None:
+    scan = _scan()
+    load_or_make_split(scan, tmp_path)
+    scan.records.append(VolumeRecord(Path("/v/extra.nii.gz"), 2, "s0-0"))
+    for attempt in (lambda: make_split(scan), lambda: load_or_make_split(scan, tmp_path)):
+        with pytest.raises(DataError, match=r"subject s0-0 .*/v/0-0.nii.gz is HGG, /v/extra.nii.gz is healthy"):
+            attempt()
+
+
+def test_a_truncated_volume_split_stops_the_run_in_one_line(tmp_path: Path) -> None:
+    root = make_labels_csv(tmp_path / "volumes", per_class=1, shape=SHAPE)
+    refused(cli(tmp_path, *volume_args(tmp_path, root)), "has no test volumes")  # ... after writing its split
+    [path] = (tmp_path / "splits").glob("volumes-*.json")
+    path.write_text(path.read_text()[:50])
+    refused(cli(tmp_path, *volume_args(tmp_path, root)), f"split manifest {path} is unreadable or malformed")

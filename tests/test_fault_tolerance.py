@@ -13,8 +13,8 @@ from pathlib import Path
 from tree_check import unreadable_files
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["model=capsnet", "synthetic=true", "data.image_size=32", "data.k=2",
-        "gan.train.epochs=1", "gan.train.epochs_decay=1", "gan.net.ngf=8", "gan.net.ndf=8", "gan.count=60",
+TINY = ["model=capsnet", "synthetic=true", "data.image_size=32", "data.k=2", "gan.train.epochs=1",
+        "gan.train.epochs_decay=1", "gan.net.ngf=8", "gan.net.ndf=8", "gan.condition.crop_size=32", "gan.count=60",
         "gan.shard_size=20", "train.epochs=3", "train.batch_size=16", "pretrain.epochs=1", "monitor.visdom=false"]
 KILLS = 4
 

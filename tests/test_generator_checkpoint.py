@@ -10,6 +10,7 @@ import torch
 from experiment.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
 from generative_model.checkpoint import (
     ARCH_KEYS,
+    build_generator,
     generator_arch,
     load_generator,
     load_training_checkpoint,
@@ -17,8 +18,8 @@ from generative_model.checkpoint import (
     save_training_checkpoint,
 )
 from generative_model.conditions import CONDITION_CHANNELS
-from generative_model.config import NetConfig
-from generative_model.networks import define_D, define_G
+from generative_model.config import ConditionConfig, NetConfig
+from generative_model.networks import define_D
 from generative_model.pix2pix import Pix2Pix
 
 CPU = torch.device("cpu")
@@ -26,8 +27,8 @@ SIZE = 32
 
 
 def tiny_model(ngf: int = 4) -> tuple[Pix2Pix, dict]:
-    arch = generator_arch(NetConfig(ngf=ngf), SIZE)
-    model = Pix2Pix(generator=define_G(**arch), discriminator=define_D(input_nc=CONDITION_CHANNELS + 1, ndf=4),
+    arch = generator_arch(NetConfig(ngf=ngf), ConditionConfig(crop_size=SIZE), SIZE)
+    model = Pix2Pix(generator=build_generator(arch), discriminator=define_D(input_nc=CONDITION_CHANNELS + 1, ndf=4),
                     lr=1e-3, beta1=0.5, gan_mode="vanilla", lambda_l1=100.0, epochs=1, epochs_decay=1, device=CPU)
     return model, arch
 
@@ -37,10 +38,11 @@ def test_generator_round_trip_and_refusals(tmp_path: Path) -> None:
     assert set(arch) == ARCH_KEYS
     path = tmp_path / "generator.pt"
     save_generator(path, model.netG, arch, epoch=2, fold=3, folds_file="folds.json", data_fingerprint="abc")
-    loaded = load_generator(path, image_size=SIZE, fold=3, device=CPU)
+    loaded, loaded_arch = load_generator(path, image_size=SIZE, fold=3, device=CPU)
+    assert loaded_arch == arch and arch["erase_radius"] == ConditionConfig().erase_radius * SIZE / 128
     condition = torch.rand(1, CONDITION_CHANNELS, SIZE, SIZE)
     assert torch.equal(loaded.eval()(condition), model.netG.eval()(condition))
-    with pytest.raises(CheckpointError, match=f"{path} renders 32 px"):
+    with pytest.raises(CheckpointError, match=f"{path} paints 32 px"):
         load_generator(path, image_size=64, fold=3, device=CPU)
     with pytest.raises(CheckpointError, match=f"{path} was trained for fold 3, not fold 0"):
         load_generator(path, image_size=SIZE, fold=0, device=CPU)
@@ -60,7 +62,7 @@ def test_training_checkpoint_round_trip_and_refusals(tmp_path: Path) -> None:
     for key, value in model.netD.state_dict().items():
         assert torch.equal(value, restored.netD.state_dict()[key])
     condition = torch.rand(1, CONDITION_CHANNELS, SIZE, SIZE)
-    from_epoch = load_generator(newest, image_size=SIZE, fold=5, device=CPU)  # epoch files name no fold
+    from_epoch, _ = load_generator(newest, image_size=SIZE, fold=5, device=CPU)  # epoch files name no fold
     assert torch.equal(from_epoch.eval()(condition), model.netG.eval()(condition))
 
     other, other_arch = tiny_model(ngf=8)

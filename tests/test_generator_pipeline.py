@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import math
 from pathlib import Path
 
@@ -10,22 +11,28 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
+from PIL import Image
 
 import generative_model
+from capsule_classifier import build_model
+from capsule_classifier.deploy import save_classifier
+from capsule_classifier.export import export
 from datasets import shards
-from datasets.core import EMBEDDED_SAMPLE, DataError
-from datasets.shards import ShardError, read_shards
+from datasets.core import CLASS_NAMES, EMBEDDED_SAMPLE, DataError
+from datasets.shards import ShardError, read_manifest, read_shards
 from experiment.atomic import atomic_open
 from experiment.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from experiment.engine import NonFiniteLossError
 from experiment.rundir import RunDir, RunDirConflict
-from generative_model import checkpoint, synthesize, train
+from generative_model import checkpoint, gallery, synthesize, train
+from generative_model.assess import read_meta
 from generative_model.checkpoint import GENERATOR_FILE
 from generative_model.folds import load_fold_data
 from generative_model.pix2pix import Pix2Pix
 
 CONFIGS = Path(generative_model.__file__).parent / "configs"
-TINY = {"train": ["data.image_size=32", "net.ngf=8", "net.ndf=8", "monitor.visdom=false", "train.batch_size=8"],
+TINY = {"train": ["data.image_size=32", "condition.crop_size=32", "net.ngf=8", "net.ndf=8", "monitor.visdom=false",
+                   "train.batch_size=8"],
         "synthesize": ["data.image_size=32", "batch_size=8"]}
 ONE_EPOCH = ("train.epochs=1", "train.epochs_decay=0")
 SUBJECTS_PER_CLASS = 9  # the fewest for 7 patient-wise folds and a validation share in each
@@ -85,7 +92,7 @@ def test_training_writes_run_directory(trained: Path) -> None:
     summary = RunDir(run_dir).read_summary()
     assert summary["fold"] == 0 and "fold 0 training patients only" in summary["trained_on"]
     assert summary["params"]["generator"] > 0 and summary["data_fingerprint"]
-    assert summary["quality"]["n"] > 0 and summary["quality"]["ssim"]["mean"] > 0
+    assert summary["quality"]["n"] > 0 and summary["quality"]["ssim_inside"]["mean"] > 0
     assert (run_dir / "quality.json").is_file() and list(run_dir.glob("quality-*.png"))
     records = [line for line in (run_dir / "metrics.jsonl").read_text().splitlines() if '"image"' in line]
     assert records, "the condition | real | fake grid is logged every epoch"
@@ -189,6 +196,43 @@ def test_shard_labels_and_counts_are_exact(base: Path, trained: Path, proportion
     assert read_back["provenance"]["fold"] == 0 and len(read_back["provenance"]["checkpoint_sha256"]) == 64
 
 
+def test_synthesis_uses_training_patients_only(base: Path, trained: Path) -> None:
+    out = base / "fold-only"
+    synthesize.run(synth_cfg(base, trained, out))
+    meta = read_meta(out, read_manifest(out))
+    fold = load_fold_data(make_cfg("synthesize", base).data, 0)
+    data = fold.data
+    train_ids = set(data.file_ids[fold.train])
+    held_out = set(data.file_ids[np.setdiff1d(np.arange(len(data)), fold.train)])
+    for key in ("mask_file_id", "donor_file_id"):
+        assert set(meta[key]) <= train_ids and not set(meta[key]) & held_out, key
+    assert set(meta["donor_subject"]) <= set(data.subjects[fold.train])
+    assert not set(meta["donor_subject"]) & set(data.subjects[fold.val])
+    assert (meta["donor_subject"] != meta["mask_subject"]).all()
+    _, labels, _ = read_shards(out)
+    by_id = dict(zip(data.file_ids, data.labels, strict=True))
+    assert [by_id[i] for i in meta["mask_file_id"]] == labels.tolist()  # each tumour mask has the shard's label
+
+
+def test_judge_assessment_and_gallery(base: Path, trained: Path) -> None:
+    torch.manual_seed(1)
+    model = build_model("capsnet", image_size=32).eval()
+    save_classifier(base / "judge.pt", model, "capsnet", {}, 32, CLASS_NAMES, fold=0, epoch=1)
+    judge = Path(export(base / "judge.pt", base / "judge.onnx")["onnx"])
+    out = base / "judged"
+    synthesize.run(synth_cfg(base, trained, out, f"judge={judge}", f"run_dir={trained.parent}"))
+    quality = json.loads((trained.parent / "quality.json").read_text())
+    assert quality["reconstruction"]["n"] > 0  # training's section is kept
+    assert set(quality["consistency"]["per_class"]) == set(CLASS_NAMES) and quality["consistency"]["n"] == 50
+    assert 0 <= quality["ceiling"]["consistency"] <= 1 and quality["judge"]["features"]
+    assert quality["frechet"]["synthetic_vs_train"] >= 0 and quality["frechet"]["val_vs_train"] >= 0
+    memory = quality["memorisation"]
+    assert -1 <= memory["tumour_window"]["val"]["mean"] <= 1 and memory["slice"]["synthetic"]["p99"] <= 1 + 1e-6
+    picture = gallery.gallery(trained.parent, out, base / "gallery.png", per_class=2)
+    with Image.open(picture) as image:
+        assert image.size[0] > 4 * 32 and image.size[1] > 3 * 32
+
+
 def test_synthesis_is_deterministic_and_resumes_identically(base: Path, trained: Path) -> None:
     first, second = base / "det-a", base / "det-b"
     synthesize.run(synth_cfg(base, trained, first))
@@ -238,7 +282,7 @@ def test_shards_of_another_generator_are_refused_unless_overwrite(base: Path, tr
 
 def test_bad_checkpoints_are_refused(base: Path, trained: Path) -> None:
     out = base / "never"
-    with pytest.raises(CheckpointError, match="renders 32 px"):
+    with pytest.raises(CheckpointError, match="paints 32 px"):
         synthesize.run(synth_cfg(base, trained, out, "data.image_size=64"))
     with pytest.raises(CheckpointError, match="trained for fold 0"):
         synthesize.run(synth_cfg(base, trained, out, "fold=1"))

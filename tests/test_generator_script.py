@@ -16,9 +16,10 @@ CI_LIMIT_S = 120
 
 def test_synthesize_script_trains_and_writes_valid_shards(tmp_path: Path) -> None:
     out, run_dir = tmp_path / "shards", tmp_path / "run"
-    command = ["bash", str(ROOT / "scripts" / "synthesize.sh"), "data.image_size=32", "net.ngf=8", "net.ndf=8",
-               "epochs=1", "train.epochs_decay=0", "train.batch_size=16", "monitor.visdom=false", "count=40",
-               "shard_size=16", "batch_size=7", "proportions=real", f"out={out}", f"run_dir={run_dir}",
+    command = ["bash", str(ROOT / "scripts" / "synthesize.sh"), "data.image_size=32", "condition.crop_size=32",
+               "net.ngf=8", "net.ndf=8", "epochs=1", "train.epochs_decay=0", "train.batch_size=16",
+               "monitor.visdom=false", "count=40", "shard_size=16", "batch_size=7", "proportions=real", f"out={out}",
+               f"run_dir={run_dir}",
                f"data.splits_dir={tmp_path / 'splits'}", f"data.cache_dir={tmp_path / 'cache'}"]
     start = time.monotonic()
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=CI_LIMIT_S)

@@ -80,10 +80,10 @@ def test_manifest_is_shared_on_disk(sample, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"k": 1}, "between 2 and 10"),
-    ({"k": 11}, "between 2 and 10"),
-    ({"protocol": "imagewise"}, "unknown split protocol"),
-    ({"val_fraction": 0.7}, "val_fraction"),
+    ({"k": 1}, r"data.k must be an integer in 2..10, got 1"),
+    ({"k": 11}, r"data.k must be an integer in 2..10, got 11"),
+    ({"protocol": "imagewise"}, "data.split must be one of"),
+    ({"val_fraction": 0.7}, r"data.val_fraction must be in \(0, 0.5\), got 0.7"),
 ])
 def test_bad_settings(sample, kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
