@@ -4,6 +4,8 @@ slices only, under two or three settings, every fold of each on the same patient
 * ``before``: the old geometry (``data.geometry=resize``: the whole image stretched) and ``augment=basic``.
 * ``after``: the canonical geometry (head crop, square, figshare margin) and ``augment=robust``.
 * ``canonical_basic`` (``--settings before after canonical_basic``): the canonical geometry with ``augment=basic``.
+* ``after_ema``: ``after`` with ``train.ema_decay=0.998`` (an exponential moving average of the weights).
+* ``after_long``: ``after`` with ``train.epochs=60``.
 
     python benchmarks/bench_generalisation.py [--root ../shared/data] [--out runs/bench_generalisation]
         [--folds 0 1 2 3 4] [--settings before after ...] [--external runs/external/glioma]
@@ -40,8 +42,12 @@ from experiment.atomic import atomic_write_json
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "capsule_classifier" / "configs"
 SETTINGS = {"before": {"data.geometry": "resize", "augment": "basic"},
             "after": {"data.geometry": "canonical", "augment": "robust"},
-            "canonical_basic": {"data.geometry": "canonical", "augment": "basic"}}
-"""``canonical_basic`` (optional) separates the geometry's share of the difference from the augmentation's."""
+            "canonical_basic": {"data.geometry": "canonical", "augment": "basic"},
+            "after_ema": {"data.geometry": "canonical", "augment": "robust", "train.ema_decay": "0.998"},
+            "after_long": {"data.geometry": "canonical", "augment": "robust", "train.epochs": "60"}}
+"""``canonical_basic`` (optional) separates the geometry's share of the difference from the augmentation's;
+``after_ema`` validates, selects and saves a moving average of ``after``'s weights (the same training draws);
+``after_long`` trains ``after`` for 60 epochs instead of 40 (the robust augmentation's models were still improving)."""
 BASELINE = "before"
 COMMON = {"model": "capsnet", "data.split": "cvind", "data.image_size": "128", "pretrain.shards": "null",
           "monitor.visdom": "false", "seed": "0"}

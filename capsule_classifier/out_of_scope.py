@@ -7,11 +7,12 @@ divided by the feature count (so in-scope slices score about 1). Early and middl
 texture, which is what sets another contrast, a photograph or noise apart; the top probability does not
 (benchmarks/bench_trust.py measures every candidate).
 
-Threshold: a slice is out of scope when its score exceeds the threshold. The threshold is the
-``1 - target`` quantile of the validation patients' scores (false rejects at most ``target`` there), moved
-half-way up towards the lowest out-of-scope score of the set's ``fit`` part above it (or the highest validation
-score): the same out-of-scope images are caught, with a margin for in-scope slices the validation part did
-not show. Test folds are never used.
+Threshold: a slice is out of scope when its score exceeds the threshold. The threshold starts at the lowest
+validation score that leaves so few validation slices above it that the false-reject rate stays under ``target``
+with 95% confidence (one-sided Clopper-Pearson bound: a validation part of 300 slices may reject 8, not 15), then
+moves half-way up towards the lowest out-of-scope score of the set's ``fit`` part above it (or the highest
+validation score): the same out-of-scope images are caught, with a margin for in-scope slices the validation
+part did not show. Test folds are never used.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from scipy.stats import beta
 from sklearn.covariance import LedoitWolf
 from sklearn.metrics import roc_auc_score
 from torch import nn
@@ -36,6 +38,7 @@ FEATURE_LAYERS: dict[str, tuple[str, ...]] = {"capsnet": ("features.2",),
                                                "resnet50": ("layer1",)}
 """Modules whose pooled outputs feed the score, per model (chosen with benchmarks/bench_trust.py)."""
 TARGET_FALSE_REJECT = 0.05
+CONFIDENCE = 0.95
 BATCH = 128
 _TENSORS = ("center", "scale", "means", "precision")
 
@@ -137,10 +140,20 @@ def scores(detector: OutOfScopeDetector, features: np.ndarray) -> np.ndarray:
 
 def choose_threshold(in_scope: np.ndarray, out_of_scope: np.ndarray, target: float = TARGET_FALSE_REJECT) -> float:
     """The threshold of the module docstring, from validation (in-scope) and ``fit``-part out-of-scope scores."""
-    lowest = float(np.quantile(in_scope, 1.0 - target, method="higher"))
+    ranked = np.sort(in_scope)[::-1]
+    lowest = float(ranked[allowed_rejects(len(ranked), target)])
     above = out_of_scope[out_of_scope > lowest]
     ceiling = min(float(above.min()), float(in_scope.max())) if above.size else float(in_scope.max())
     return (lowest + ceiling) / 2.0
+
+
+def allowed_rejects(n: int, target: float, confidence: float = CONFIDENCE) -> int:
+    """The most of ``n`` validation slices that may score above the threshold while the false-reject rate's
+    one-sided Clopper-Pearson upper bound stays at or below ``target`` (0 when even none cannot show it)."""
+    allowed = 0
+    while allowed + 1 < n and beta.ppf(confidence, allowed + 2, n - allowed - 1) <= target:
+        allowed += 1
+    return allowed
 
 
 def auroc(in_scope: np.ndarray, out_of_scope: np.ndarray) -> float:

@@ -212,7 +212,7 @@ def _fit_phase(cfg: DictConfig, phase: str, trained: nn.Module, objective: Objec
     settings = FitSettings(phase=phase, epochs=epochs, seed=cfg.seed,
                            patience=cfg.train.patience if patience is None else patience, amp=cfg.amp,
                            cpu_bf16=cfg.cpu_bf16, grad_clip=cfg.train.grad_clip,
-                           keep_checkpoints=cfg.train.keep_checkpoints)
+                           keep_checkpoints=cfg.train.keep_checkpoints, ema_decay=cfg.train.ema_decay)
     return fit(trained, objective, optimizer, scheduler, batches, val_batches, settings, run_dir, monitor, device,
                CLASS_NAMES)
 

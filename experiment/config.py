@@ -57,11 +57,13 @@ class TrainConfig:
 @dataclass
 class SupervisedTrainConfig(TrainConfig):
     """``train.*`` of the classifiers (2D and 3D): AdamW weight decay, early-stopping patience on validation
-    macro-F1 (0 = never) and gradient-norm clipping (0 = off)."""
+    macro-F1 (0 = never), gradient-norm clipping (0 = off) and ``ema_decay``, the per-step decay of an
+    exponential moving average of the weights that is validated, selected and saved instead of them (0 = off)."""
 
     weight_decay: float = 1e-4
     patience: int = 0
     grad_clip: float = 5.0
+    ema_decay: float = 0.0
 
 
 def register() -> None:
@@ -71,7 +73,8 @@ def register() -> None:
 
 def check_train(train: Any, group: str = "train") -> None:
     """Refuse training settings that cannot work: ``epochs``, ``batch_size`` and ``lr`` must be positive,
-    ``epochs_decay``, ``patience``, ``weight_decay`` and ``grad_clip`` not negative (when the group has them).
+    ``epochs_decay``, ``patience``, ``weight_decay`` and ``grad_clip`` not negative, ``ema_decay`` in [0, 1) (when
+    the group has them).
 
     Raises:
         ConfigError: naming the key, e.g. ``train.epochs must be a positive integer, got 0``.
@@ -83,6 +86,7 @@ def check_train(train: Any, group: str = "train") -> None:
         _need(train, group, key, lambda v: isinstance(v, int) and v >= 0, "an integer >= 0")
     for key in ("weight_decay", "grad_clip"):
         _need(train, group, key, lambda v: isinstance(v, (int, float)) and v >= 0, "a number >= 0")
+    _need(train, group, "ema_decay", lambda v: isinstance(v, (int, float)) and 0 <= v < 1, "in [0, 1)")
 
 
 def _need(node: Any, group: str, key: str, ok: Callable[[Any], bool], what: str) -> None:

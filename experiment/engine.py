@@ -2,7 +2,8 @@
 
 :func:`fit` trains one *phase* (e.g. ``pretrain`` on synthetic shards, ``finetune`` on real slices)
 with per-epoch checkpoints, exact resume, validation-based model selection, early stopping on
-validation macro-F1, AMP on CUDA and DDP awareness. :func:`evaluate` is the single evaluation path
+validation macro-F1, an optional exponential moving average of the weights (validated, selected and saved
+in place of the raw weights), AMP on CUDA and DDP awareness. :func:`evaluate` is the single evaluation path
 for validation and test. Models and losses arrive through the small :class:`Objective` protocol,
 so this module imports no model package.
 """
@@ -18,6 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 
 from experiment.checkpoint import (
     epoch_checkpoint_path,
@@ -74,7 +76,8 @@ class Objective(Protocol):
 @dataclass
 class FitSettings:
     """One training phase. ``patience``: epochs without a better validation macro-F1 before stopping
-    (0 disables early stopping); ``amp``: float16 autocast on CUDA; ``cpu_bf16``: bfloat16 autocast on the CPU."""
+    (0 disables early stopping); ``amp``: float16 autocast on CUDA; ``cpu_bf16``: bfloat16 autocast on the CPU;
+    ``ema_decay``: per-step decay of the weight average that is validated and saved (0 = the raw weights)."""
 
     phase: str
     epochs: int
@@ -84,6 +87,7 @@ class FitSettings:
     cpu_bf16: bool = False
     grad_clip: float = 0.0
     keep_checkpoints: int = 2
+    ema_decay: float = 0.0
 
 
 @dataclass
@@ -95,6 +99,25 @@ class FitResult:
     epochs_run: int
     stopped_early: bool
     best_path: Path
+
+
+def ema_update(decay: float) -> Callable[[list[torch.Tensor], list[torch.Tensor], torch.Tensor], None]:
+    """The ``multi_avg_fn`` of an :class:`~torch.optim.swa_utils.AveragedModel` keeping an exponential moving
+    average with decay ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates (a warm-up, as in timm's ModelEma),
+    so the random initialisation is forgotten within the first few hundred steps."""
+    if not 0.0 < decay < 1.0:
+        raise ValueError(f"ema decay must be in (0, 1), got {decay}")
+
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
+        steps = float(num_averaged)
+        weight = 1.0 - min(decay, (1.0 + steps) / (10.0 + steps))
+        for average, value in zip(averaged, current, strict=True):
+            if average.is_floating_point():
+                average.lerp_(value, weight)
+            else:
+                average.copy_(value)
+
+    return update
 
 
 def evaluate(model: nn.Module, objective: Objective, loader: Iterable[Batch], device: torch.device,
@@ -134,21 +157,24 @@ def fit(model: nn.Module, objective: Objective, optimizer: torch.optim.Optimizer
     folder = run_dir.checkpoints / settings.phase
     best_path = folder / "best.pt"
     scaler = grad_scaler(device, settings.amp)
-    state = _resume(folder, model, optimizer, scheduler, scaler, run_dir, settings.phase)
+    unwrapped = getattr(model, "module", model)
+    average = AveragedModel(unwrapped, multi_avg_fn=ema_update(settings.ema_decay), use_buffers=True) \
+        if settings.ema_decay > 0 else None
+    state = _resume(folder, model, optimizer, scheduler, scaler, run_dir, settings.phase, average)
     if state["stopped_early"] or state["epoch"] >= settings.epochs:
         return _result(state, best_path)
-    unwrapped = getattr(model, "module", model)
+    selected = unwrapped if average is None else average.module
     for epoch in range(state["epoch"] + 1, settings.epochs + 1):
         seed_everything(settings.seed, _phase_key(settings.phase), epoch)
         train_stats, step = _train_epoch(model, objective, optimizer, scaler, train_loader(epoch), device,
-                                         settings, epoch, state["step"], folder)
+                                         settings, epoch, state["step"], folder, average)
         state["step"] = step
         if scheduler is not None:
             scheduler.step()
         values = {**{f"train_{k}": v for k, v in train_stats.items()}, "lr": optimizer.param_groups[0]["lr"]}
         if val_loader is not None:
-            val, _, _ = evaluate(model, objective, val_loader, device, class_names, settings.amp,
-                                 settings.cpu_bf16)
+            val, _, _ = evaluate(model if average is None else selected, objective, val_loader, device,
+                                 class_names, settings.amp, settings.cpu_bf16)
             values.update(val_loss=val["loss"], val_accuracy=val["accuracy"], val_macro_f1=val["macro_f1"])
         else:
             val = {"macro_f1": float(epoch), "accuracy": float("nan"), "loss": float("nan")}
@@ -165,10 +191,11 @@ def fit(model: nn.Module, objective: Objective, optimizer: torch.optim.Optimizer
             if val_loader is not None:
                 monitor.confusion(settings.phase, epoch, step, "val_confusion", val["confusion_matrix"], class_names)
             if improved:
-                save_checkpoint(best_path, {"model": unwrapped.state_dict(), "epoch": epoch,
+                save_checkpoint(best_path, {"model": selected.state_dict(), "epoch": epoch,
                                             "val": state["best_val"]})
             save_checkpoint(epoch_checkpoint_path(folder, epoch), {
                 "model": unwrapped.state_dict(), "optimizer": optimizer.state_dict(),
+                **({} if average is None else {"average": average.state_dict()}),
                 "scheduler": scheduler.state_dict() if scheduler is not None else {},
                 "scaler": scaler.state_dict(), "elapsed_s": run_dir.elapsed(),
                 **{k: v for k, v in state.items()}})
@@ -183,7 +210,8 @@ def fit(model: nn.Module, objective: Objective, optimizer: torch.optim.Optimizer
 
 def _train_epoch(model: nn.Module, objective: Objective, optimizer: torch.optim.Optimizer,
                  scaler: torch.amp.GradScaler, batches: Iterable[Batch], device: torch.device,
-                 settings: FitSettings, epoch: int, step: int, folder: Path) -> tuple[dict[str, float], int]:
+                 settings: FitSettings, epoch: int, step: int, folder: Path,
+                 average: AveragedModel | None) -> tuple[dict[str, float], int]:
     model.train()
     sums: dict[str, float] = {}
     count = 0
@@ -203,6 +231,8 @@ def _train_epoch(model: nn.Module, objective: Objective, optimizer: torch.optim.
             nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
         scaler.step(optimizer)
         scaler.update()
+        if average is not None:
+            average.update_parameters(getattr(model, "module", model))
         step += 1
         batch = labels.shape[0]
         count += batch
@@ -214,8 +244,9 @@ def _train_epoch(model: nn.Module, objective: Objective, optimizer: torch.optim.
 
 def _resume(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
             scheduler: torch.optim.lr_scheduler.LRScheduler | None, scaler: torch.amp.GradScaler,
-            run_dir: RunDir, phase: str) -> dict[str, Any]:
-    """Restore the newest checkpoint of ``phase`` (and rewind its metrics), or a fresh state."""
+            run_dir: RunDir, phase: str, average: AveragedModel | None) -> dict[str, Any]:
+    """Restore the newest checkpoint of ``phase`` with its weight ``average`` (and rewind its metrics), or a
+    fresh state."""
     state: dict[str, Any] = {"epoch": 0, "step": 0, "best_score": -1.0, "best_epoch": 0, "best_val": {},
                              "stale": 0, "stopped_early": False}
     path = latest_checkpoint(folder)
@@ -227,6 +258,11 @@ def _resume(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
     if scheduler is not None:
         scheduler.load_state_dict(saved["scheduler"])
     scaler.load_state_dict(saved["scaler"])
+    if average is not None:
+        if "average" not in saved:
+            raise UserError(f"{path} was saved without a weight average; resume with train.ema_decay=0 "
+                            f"or start the phase afresh")
+        average.load_state_dict(saved["average"])
     state.update({k: saved[k] for k in state})
     run_dir.resumed_elapsed = max(run_dir.resumed_elapsed, float(saved.get("elapsed_s", 0.0)))
     if is_main_process():

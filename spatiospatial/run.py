@@ -171,7 +171,7 @@ def _run(cfg: DictConfig, run_dir: RunDir, device: torch.device, distributed: bo
     try:
         settings = FitSettings(phase=PHASE, epochs=train.epochs, seed=cfg.seed, patience=train.patience,
                                amp=cfg.amp, cpu_bf16=cfg.cpu_bf16, grad_clip=train.grad_clip,
-                               keep_checkpoints=train.keep_checkpoints)
+                               keep_checkpoints=train.keep_checkpoints, ema_decay=train.ema_decay)
         result = fit(trained, objective, optimizer, scheduler, batches, val_loader, settings, run_dir, monitor,
                      device, CLASS_NAMES)
         if not is_main_process():

@@ -13,11 +13,18 @@ import pytest
 import torch
 from niftis import write_nifti
 from PIL import Image
+from scipy.stats import beta
 from skimage import data as pictures
 from tiny_models import SIZE, error_line, run_main, small_out_of_scope_set, trained_fold
 
 from capsule_classifier.export import SCORE_NAME, THRESHOLD_KEY, export, onnx_outputs
-from capsule_classifier.out_of_scope import OutOfScopeDetector, choose_threshold, fit_detector, scores
+from capsule_classifier.out_of_scope import (
+    OutOfScopeDetector,
+    allowed_rejects,
+    choose_threshold,
+    fit_detector,
+    scores,
+)
 from capsule_classifier.predict import OUT_OF_SCOPE, main
 from capsule_classifier.trust import fit_trust
 from datasets.core import EMBEDDED_SAMPLE
@@ -119,6 +126,13 @@ def test_tampered_trust_metadata_is_one_line(trusted: dict[str, Any], tmp_path: 
     assert code == 2 and message in error_line(err)
 
 
+def test_allowed_rejects_bound_the_false_reject_rate() -> None:
+    assert [allowed_rejects(n, 0.05) for n in (10, 59, 100, 300, 1000)] == [0, 0, 1, 8, 38]
+    for n in (100, 300, 1000):  # the bound holds at the count allowed and fails one above it
+        k = allowed_rejects(n, 0.05)
+        assert beta.ppf(0.95, k + 1, n - k) <= 0.05 < beta.ppf(0.95, k + 2, n - k - 1)
+
+
 def test_detector_scores_and_threshold_rule() -> None:
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(3), 200)
@@ -128,10 +142,11 @@ def test_detector_scores_and_threshold_rule() -> None:
     outside = scores(detector, rng.normal(0, 1, (50, 6)) + 12.0)
     assert 0.5 < np.median(inside) < 2.0 and outside.min() > inside.max()
     threshold = choose_threshold(inside, outside)
-    assert (inside > threshold).mean() <= 0.05 and (outside > threshold).all()
-    assert threshold == pytest.approx((np.quantile(inside, 0.95, method="higher") + inside.max()) / 2)
-    near = np.array([np.quantile(inside, 0.97)])  # an out-of-scope score among the highest in-scope ones
-    assert choose_threshold(inside, near) == pytest.approx((np.quantile(inside, 0.95, method="higher") + near[0]) / 2)
+    lowest = np.sort(inside)[::-1][allowed_rejects(300, 0.05)]
+    assert (inside > lowest).sum() == allowed_rejects(300, 0.05) and (outside > threshold).all()
+    assert threshold == pytest.approx((lowest + inside.max()) / 2)
+    near = np.array([np.quantile(inside, 0.99)])  # an out-of-scope score among the highest in-scope ones
+    assert choose_threshold(inside, near) == pytest.approx((lowest + near[0]) / 2)
     rebuilt = OutOfScopeDetector.from_metadata({**detector.metadata(), "threshold": threshold}, 3)
     assert rebuilt.threshold == threshold and np.allclose(scores(rebuilt, features[:5]), scores(detector, features[:5]))
     with pytest.raises(ValueError, match="no training slices of class"):
