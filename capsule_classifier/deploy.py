@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -36,6 +37,10 @@ log = logging.getLogger(__name__)
 
 REQUIRED_KEYS = ("model", "model_name", "model_kwargs", "image_size", "class_names")
 MAX_CLASSES = 1000
+DEFAULT_MODEL = Path("models/capsnet-figshare.onnx")
+"""The released model (``capsule_classifier/release.py``), relative to the repository root: what ``predict.py`` and
+``evaluate.py`` use when given no model, unless ``$BRAIN_TUMOUR_MODEL`` names another (:func:`default_model`)."""
+MODEL_ENV = "BRAIN_TUMOUR_MODEL"
 
 
 class ModelInputError(UserError, ValueError):
@@ -65,6 +70,11 @@ def check_class_names(value: Any, source: str | os.PathLike) -> list[str]:
         raise ModelInputError(f"{source}: class_names must be a list of 2 to {MAX_CLASSES} distinct names, "
                               f"got {str(value)[:60]}")
     return list(value)
+
+
+def default_model() -> Path:
+    """``$BRAIN_TUMOUR_MODEL`` when set, else :data:`DEFAULT_MODEL` under the repository root (whatever the cwd)."""
+    return Path(os.environ.get(MODEL_ENV) or Path(__file__).resolve().parents[1] / DEFAULT_MODEL)
 
 
 class ProbabilityModel(nn.Module):

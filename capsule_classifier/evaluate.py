@@ -1,12 +1,13 @@
 """Score a classifier on labelled slices from anywhere: an external check anyone can run.
 
-    python capsule_classifier/evaluate.py MODEL DATA [--out DIR]
+    python capsule_classifier/evaluate.py [MODEL] DATA [--out DIR]
 
-``MODEL`` is a ``model.pt`` or ``model.onnx``, loaded as ``predict.py`` loads it. ``DATA`` is either a folder
-tree ``DATA/<class>/<slices>`` (class folders matched to the model's class names case-insensitively, searched
-recursively; other folders are reported as out of set and not scored) or a CSV with columns ``path,label``
-(paths relative to the CSV's folder, never outside it; other labels are out of set). Slices are read and
-preprocessed exactly as ``predict.py`` reads them; files that cannot be read are listed, not scored.
+``MODEL`` is a ``model.pt`` or ``model.onnx``, loaded as ``predict.py`` loads it (without it, the released model
+that ``predict.py`` uses). ``DATA`` is either a folder tree ``DATA/<class>/<slices>`` (class folders matched to the
+model's class names case-insensitively, searched recursively; other folders are reported as out of set and not
+scored) or a CSV with columns ``path,label`` (paths relative to the CSV's folder, never outside it; other labels
+are out of set). Slices are read and preprocessed exactly as ``predict.py`` reads them; files that cannot be read
+are listed, not scored.
 
 Writes ``report.md``, ``report.json`` (metrics and every prediction) and ``confusion.png`` to ``--out``
 (default ``runs/evaluate/<DATA name>``): accuracy, macro-F1, per-class recall and the confusion matrix
@@ -33,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from capsule_classifier.predict import OUT_OF_SCOPE, Predictor
+from capsule_classifier.predict import OUT_OF_SCOPE, Predictor, model_and_inputs
 from datasets.core import DataError, check_allocation
 from datasets.user_slices import SUFFIXES, InputFile, find_slices
 from experiment.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
@@ -233,19 +234,26 @@ def write_evaluation(report: dict[str, Any], out: str | os.PathLike) -> list[Pat
 @reports_user_errors
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", type=Path, help="model.pt or model.onnx")
-    parser.add_argument("data", type=Path, help="folder of <class>/<slices>, or a CSV with columns path,label")
+    parser.add_argument("paths", nargs="+", metavar="[MODEL] DATA",
+                        help="model.pt or model.onnx (default: the released model), then a folder of "
+                             "<class>/<slices> or a CSV with columns path,label")
     parser.add_argument("--out", type=Path, help="output folder (default runs/evaluate/<DATA name>)")
     args = parser.parse_args(strip_debug_flag(sys.argv[1:] if argv is None else argv))
+    if len(args.paths) > 2:
+        parser.error(f"expected [MODEL] DATA, got {len(args.paths)} paths")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
-    predictor = Predictor(args.model)
-    data = load_labelled(args.data, predictor.class_names)
+    model, rest = model_and_inputs(args.paths)
+    if len(rest) != 1:
+        parser.error(f"expected [MODEL] DATA, got {' '.join(args.paths)}")
+    source = Path(rest[0])
+    predictor = Predictor(model)
+    data = load_labelled(source, predictor.class_names)
     for name, count in data.out_of_set.items():
         log.warning("out of set, not scored: %s (%d files)", name, count)
-    report = evaluate(predictor, data, str(args.model), str(args.data))
+    report = evaluate(predictor, data, str(model), str(source))
     for item in report["unscored"]:
         log.warning("not scored: %s: %s", item["path"], item["reason"])
-    paths = write_evaluation(report, args.out or Path("runs/evaluate") / args.data.stem)
+    paths = write_evaluation(report, args.out or Path("runs/evaluate") / source.stem)
     print(markdown(report))
     print(f"wrote {', '.join(map(str, paths))}")
 

@@ -1,11 +1,13 @@
 """Classify slices with a trained classifier (``model.pt``) or its ONNX export, say when a slice is out of scope,
 and show where the model looked.
 
-    python capsule_classifier/predict.py MODEL INPUT [INPUT ...] [--out FILE.csv|FILE.json] [--json] [--strict]
+    python capsule_classifier/predict.py [MODEL] INPUT [INPUT ...] [--out FILE.csv|FILE.json] [--json] [--strict]
         [--explain DIR]
 
 ``MODEL`` is a ``model.pt`` from ``capsule_classifier/train.py`` or an ``.onnx`` file from
-``capsule_classifier/export.py``. Each ``INPUT`` is a slice file (figshare ``.mat``, whatever its name;
+``capsule_classifier/export.py``; when the first argument does not end in ``.pt`` or ``.onnx``, every argument is an
+input and the released model is used (``models/capsnet-figshare.onnx`` of ``capsule_classifier/release.py``, or
+the file ``$BRAIN_TUMOUR_MODEL`` names). Each ``INPUT`` is a slice file (figshare ``.mat``, whatever its name;
 ``.png``/``.jpg``, converted to grey; a 2-D ``.npy`` array) or a folder, searched recursively; paths are shown
 relative to the folder. Every slice goes through exactly the training preprocessing
 (``datasets.transforms.preprocess_slice`` at the model's image size and in its geometry).
@@ -39,7 +41,13 @@ import numpy as np
 import torch
 
 from capsule_classifier.data import to_input
-from capsule_classifier.deploy import ModelInputError, check_class_names, check_geometry, check_image_size
+from capsule_classifier.deploy import (
+    ModelInputError,
+    check_class_names,
+    check_geometry,
+    check_image_size,
+    default_model,
+)
 from capsule_classifier.export import INPUT_NAME, OUTPUT_NAME, SCORE_NAME, THRESHOLD_KEY
 from datasets.core import DataError, check_allocation
 from datasets.transforms import GEOMETRIES, preprocess_slice
@@ -52,6 +60,7 @@ log = logging.getLogger(__name__)
 
 BATCH = 64
 OUT_SUFFIXES = (".csv", ".json")
+MODEL_SUFFIXES = (".pt", ".onnx")
 OUT_OF_SCOPE = "out of scope"
 """The prediction of a slice whose out-of-scope score exceeds the model's threshold."""
 
@@ -185,6 +194,23 @@ class Predictor:
                 record["explanation"] = name
 
 
+def model_and_inputs(paths: Sequence[str]) -> tuple[Path, list[str]]:
+    """``[MODEL] INPUT ...`` split: the first path when it ends in one of :data:`MODEL_SUFFIXES`, else the default
+    model (:func:`capsule_classifier.deploy.default_model`), and the inputs.
+
+    Raises:
+        ModelInputError: no model given and the default model is missing (the message says how to get one).
+    """
+    if paths and Path(paths[0]).suffix.lower() in MODEL_SUFFIXES and not Path(paths[0]).is_dir():
+        return Path(paths[0]), list(paths[1:])
+    model = default_model()
+    if not model.is_file():
+        raise ModelInputError(f"no MODEL given and the default model {model} is missing: train the folds "
+                              "(capsule_classifier/train.py) and release one (capsule_classifier/release.py STUDY), "
+                              "or pass a model.pt or .onnx before the inputs")
+    return model, list(paths)
+
+
 def _tensors(graph: Any) -> Iterator[Any]:
     """Every tensor an ONNX graph holds: initializers and node attributes, subgraphs included."""
     yield from graph.initializer
@@ -280,8 +306,9 @@ def write_predictions(path: Path, report: dict[str, Any]) -> None:
 @reports_user_errors
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", type=Path, help="model.pt or model.onnx")
-    parser.add_argument("inputs", nargs="+", help=".mat, .npy, .png, .jpg files or folders of them")
+    parser.add_argument("paths", nargs="+", metavar="[MODEL] INPUT",
+                        help="model.pt or .onnx (default: the released model), then .mat, .npy, .png, .jpg files or "
+                             "folders of them")
     parser.add_argument("--out", type=Path, help="also write every row to this .csv or .json file")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--strict", action="store_true", help="exit with code 2 when any file failed")
@@ -290,13 +317,16 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(strip_debug_flag(sys.argv[1:] if argv is None else argv))
     if args.out is not None and args.out.suffix.lower() not in OUT_SUFFIXES:
         parser.error(f"--out must end in {' or '.join(OUT_SUFFIXES)}, got {args.out}")
-    if args.explain is not None and args.model.suffix.lower() == ".onnx":
-        parser.error("--explain needs the model.pt: an ONNX export has no gradients")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
-    predictor = Predictor(args.model)
-    scan = find_slices(args.inputs)
+    model, inputs = model_and_inputs(args.paths)
+    if not inputs:
+        parser.error(f"no INPUT after the model {model}")
+    if args.explain is not None and model.suffix.lower() == ".onnx":
+        parser.error("--explain needs the model.pt: an ONNX export has no gradients")
+    predictor = Predictor(model)
+    scan = find_slices(inputs)
     records = predictor.predict_files(scan.files, show_progress=True, explain=args.explain)
-    report = {"model": str(args.model), "class_names": predictor.class_names,
+    report = {"model": str(model), "class_names": predictor.class_names,
               "out_of_scope_threshold": predictor.threshold, "predictions": records,
               "skipped": [{"path": name, "reason": reason} for name, reason in scan.skipped]}
     for name, reason in scan.skipped:
@@ -313,7 +343,7 @@ def main(argv: list[str] | None = None) -> None:
         raise DataError(failed[0]["error"])
     if len(failed) == len(records):
         first = f"; first: {failed[0]['error']}" if failed else ""
-        raise DataError(f"nothing predicted from {', '.join(args.inputs)}: {len(failed)} file(s) failed, "
+        raise DataError(f"nothing predicted from {', '.join(inputs)}: {len(failed)} file(s) failed, "
                         f"{len(scan.skipped)} not slices{first}")
     print(json.dumps(report, indent=2) if args.json else format_table(records, predictor.class_names))
     if args.strict and failed:
