@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import statistics
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,6 +37,7 @@ from capsule_classifier.evaluate import evaluate, load_labelled
 from capsule_classifier.predict import Predictor
 from datasets.transforms import preprocess_slice
 from experiment.atomic import atomic_write_json
+from experiment.metrics import mean_std
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "capsule_classifier" / "configs"
 SETTINGS = {"before": {"data.geometry": "resize", "augment": "basic"},
@@ -84,10 +84,6 @@ def score_external(fold: dict[str, Any], external: Path) -> dict[str, float]:
     predictor = GeometryPredictor(Path(fold["run_dir"]) / "model.pt", fold["geometry"])
     report = evaluate(predictor, load_labelled(external, predictor.class_names), fold["run_dir"], str(external))
     return {name: float(report[name]) for name in METRICS}
-
-
-def mean_std(values: Sequence[float]) -> dict[str, float]:
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
 
 
 def summarise(folds: dict[str, list[dict[str, Any]]], key: str | None = None) -> dict[str, Any]:

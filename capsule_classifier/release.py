@@ -42,16 +42,25 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from capsule_classifier import build_model, build_objective, model_entry
+from capsule_classifier import model_entry
 from capsule_classifier import out_of_scope as scope
+from capsule_classifier.config import ClassifierTrainConfig
 from capsule_classifier.data import SliceDataset
 from capsule_classifier.deploy import ProbabilityModel, default_model, save_classifier
 from capsule_classifier.export import export
 from capsule_classifier.model_card import model_card
 from capsule_classifier.report import summary_problem
-from capsule_classifier.train import PHASE_KEYS, build_optimizer, build_scheduler, check_config, pretrain_tag
+from capsule_classifier.train import (
+    PHASE_KEYS,
+    build_augmentation,
+    build_classifier,
+    build_optimizer,
+    build_scheduler,
+    check_config,
+    fit_settings,
+    pretrain_tag,
+)
 from capsule_classifier.trust import FILES, LEGACY_GEOMETRY, MODEL_FILE, aggregate_trust, read_trust
-from datasets.augment import slice_augmentation
 from datasets.core import CLASS_NAMES, SliceSet
 from datasets.out_of_scope_set import SOURCES
 from datasets.splits import load_data
@@ -60,12 +69,11 @@ from experiment.batches import TrainBatches
 from experiment.checkpoint import load_checkpoint, load_model_state
 from experiment.cli import reports_user_errors, strip_debug_flag
 from experiment.device import describe, select_device
-from experiment.engine import FitSettings, fit
+from experiment.engine import fit
 from experiment.errors import UserError
-from experiment.metrics import aggregate_folds
+from experiment.metrics import aggregate_folds, mean_std
 from experiment.monitor import Monitor
 from experiment.rundir import CONFIG_FILE, SUMMARY_FILE, RunDir, provenance
-from experiment.seeding import seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -175,10 +183,11 @@ def release_threshold(scores: np.ndarray, rate: float) -> float:
 
 
 def training_config(folds: list[Fold], root: str | None) -> DictConfig:
-    """The study's config (of its first fold) with ``data.root`` replaced by ``root`` when given, checked as
-    train.py checks it."""
+    """The study's config (of its first fold) with ``data.root`` replaced by ``root`` when given and ``train.*``
+    keys newer than the study at their schema defaults, checked as train.py checks it."""
     cfg = folds[0].config.copy()
     cfg.data = OmegaConf.merge({"geometry": LEGACY_GEOMETRY}, cfg.data, {} if root is None else {"root": root})
+    cfg.train = OmegaConf.merge(OmegaConf.structured(ClassifierTrainConfig), cfg.train)
     check_config(cfg)
     return cfg
 
@@ -187,22 +196,16 @@ def train_on_all(cfg: DictConfig, data: SliceSet, epochs: int, run_dir: RunDir,
                  device: torch.device) -> tuple[nn.Module, Any]:
     """The study's model after ``epochs`` epochs of the fold's fine-tuning on every slice of ``data`` (resumed
     from ``run_dir``), on the CPU in eval mode, with its objective."""
-    seed_everything(cfg.seed)
-    model = build_model(cfg.model.name, num_classes=len(CLASS_NAMES), image_size=cfg.data.image_size,
-                        **OmegaConf.to_container(cfg.model.kwargs, resolve=True)).to(device)
-    objective = build_objective(cfg.model.name, **OmegaConf.to_container(cfg.model.objective, resolve=True))
-    augment = {k: v for k, v in cfg.augment.items() if k != "enabled"}
+    model, objective = build_classifier(cfg)
+    model = model.to(device)
     batches = TrainBatches(SliceDataset(data.images, data.labels), data.labels, cfg.train.batch_size, cfg.seed,
                            key=PHASE_KEYS[PHASE], balanced=cfg.train.balanced,
-                           augmentation=slice_augmentation(**augment) if cfg.augment.enabled else None)
+                           augmentation=build_augmentation(cfg.augment))
     optimizer = build_optimizer(model, cfg.train.lr, cfg.train.weight_decay)
     scheduler = build_scheduler(optimizer, cfg.train.schedule, max(epochs, cfg.train.epochs), cfg.train.step_size,
                                 cfg.train.gamma)
-    settings = FitSettings(phase=PHASE, epochs=epochs, seed=cfg.seed, patience=0, amp=cfg.amp, cpu_bf16=cfg.cpu_bf16,
-                           grad_clip=cfg.train.grad_clip, keep_checkpoints=cfg.train.keep_checkpoints,
-                           ema_decay=OmegaConf.select(cfg, "train.ema_decay", default=0.0))
-    result = fit(model, objective, optimizer, scheduler, batches, None, settings, run_dir, Monitor(run_dir), device,
-                 CLASS_NAMES)
+    result = fit(model, objective, optimizer, scheduler, batches, None, fit_settings(cfg, PHASE, epochs, patience=0),
+                 run_dir, Monitor(run_dir), device, CLASS_NAMES)
     load_model_state(model, load_checkpoint(result.best_path)["model"], str(result.best_path))
     return model.cpu().eval(), objective
 
@@ -230,16 +233,12 @@ def cross_validation(study: Path, folds: list[Fold]) -> dict[str, Any]:
                  "train_false_reject": f.trust["out_of_scope"]["train_false_reject"],
                  "caught": {s: v["caught"] for s, v in f.trust["out_of_scope"]["sources"].items()}}
                 for f in folds]
-    caught = {source: _mean_sd([row["caught"][source] for row in per_fold]) for source in SOURCES
+    caught = {source: mean_std([row["caught"][source] for row in per_fold]) for source in SOURCES
               if all(source in row["caught"] for row in per_fold)}
     return {"study": str(study), "folds": [row["fold"] for row in per_fold], "split": folds[0].summary.get("split"),
             "k": folds[0].summary.get("k"), "per_fold": per_fold,
             "test": aggregate_folds([f.summary["test"] for f in folds]),
             "trust": aggregate_trust([{"fold": f.summary["fold"], **f.trust} for f in folds]), "caught": caught}
-
-
-def _mean_sd(values: list[float]) -> dict[str, float]:
-    return {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1))}
 
 
 def outputs(out: Path) -> dict[str, Path]:

@@ -95,6 +95,26 @@ def build_scheduler(optimizer: torch.optim.Optimizer, schedule: str, epochs: int
     raise ConfigError(f"train.schedule must be {' or '.join(map(repr, SCHEDULES))}, got {schedule!r}")
 
 
+def build_classifier(cfg: DictConfig) -> tuple[nn.Module, Objective]:
+    """The configured model (its initial weights depend on ``cfg.seed`` alone) and its objective."""
+    seed_everything(cfg.seed)
+    model = build_model(cfg.model.name, num_classes=len(CLASS_NAMES), image_size=cfg.data.image_size,
+                        **OmegaConf.to_container(cfg.model.kwargs, resolve=True))
+    return model, build_objective(cfg.model.name, **OmegaConf.to_container(cfg.model.objective, resolve=True))
+
+
+def build_augmentation(augment: DictConfig) -> RandCompose | None:
+    """The training augmentation of ``augment.*`` (None when ``augment.enabled`` is false)."""
+    return slice_augmentation(**{k: v for k, v in augment.items() if k != "enabled"}) if augment.enabled else None
+
+
+def fit_settings(cfg: DictConfig, phase: str, epochs: int, patience: int) -> FitSettings:
+    """The engine settings of one training ``phase`` of ``epochs`` from ``cfg.train`` and the precision flags."""
+    return FitSettings(phase=phase, epochs=epochs, seed=cfg.seed, patience=patience, amp=cfg.amp,
+                       cpu_bf16=cfg.cpu_bf16, grad_clip=cfg.train.grad_clip,
+                       keep_checkpoints=cfg.train.keep_checkpoints, ema_decay=cfg.train.ema_decay)
+
+
 def check_config(cfg: DictConfig) -> None:
     """Refuse settings that cannot work before any data is loaded: ``data.*``, ``train.*`` and ``pretrain.*``
     (see :func:`datasets.config.check_data`, :func:`experiment.config.check_train`), the schedule, the
@@ -149,10 +169,8 @@ def _run_fold(cfg: DictConfig, run_dir: RunDir, device: torch.device, distribute
               parts: dict[str, SliceSet], folds_path: Path) -> dict[str, Any]:
     k = fold_count(cfg.data.split, cfg.data.k)
     model_kwargs = OmegaConf.to_container(cfg.model.kwargs, resolve=True)
-    seed_everything(cfg.seed)  # the initial weights depend on the seed alone
-    model = build_model(cfg.model.name, num_classes=len(CLASS_NAMES), image_size=cfg.data.image_size,
-                        **model_kwargs).to(device)
-    objective = build_objective(cfg.model.name, **OmegaConf.to_container(cfg.model.objective, resolve=True))
+    model, objective = build_classifier(cfg)
+    model = model.to(device)
     trained: nn.Module = DistributedDataParallel(model) if distributed else model
     if is_main_process():
         run_dir.write_config(cfg)
@@ -161,8 +179,7 @@ def _run_fold(cfg: DictConfig, run_dir: RunDir, device: torch.device, distribute
         monitor = Monitor(run_dir)
     val_batches = _eval_batches(parts["val"], cfg)
     pretrain_info = None
-    augmentation = slice_augmentation(**{k: v for k, v in cfg.augment.items() if k != "enabled"}) \
-        if cfg.augment.enabled else None  # one transform, reseeded per phase and epoch (PHASE_KEYS)
+    augmentation = build_augmentation(cfg.augment)  # one transform, reseeded per phase and epoch (PHASE_KEYS)
     try:
         if pretrain_tag(cfg.pretrain.shards) == "synthetic":
             pretrain_info = _pretrain(cfg, trained, objective, val_batches, augmentation, run_dir, monitor, device)
@@ -209,10 +226,7 @@ def _fit_phase(cfg: DictConfig, phase: str, trained: nn.Module, objective: Objec
                device: torch.device, patience: int | None = None) -> FitResult:
     optimizer = build_optimizer(trained, lr, cfg.train.weight_decay)
     scheduler = build_scheduler(optimizer, cfg.train.schedule, epochs, cfg.train.step_size, cfg.train.gamma)
-    settings = FitSettings(phase=phase, epochs=epochs, seed=cfg.seed,
-                           patience=cfg.train.patience if patience is None else patience, amp=cfg.amp,
-                           cpu_bf16=cfg.cpu_bf16, grad_clip=cfg.train.grad_clip,
-                           keep_checkpoints=cfg.train.keep_checkpoints, ema_decay=cfg.train.ema_decay)
+    settings = fit_settings(cfg, phase, epochs, cfg.train.patience if patience is None else patience)
     return fit(trained, objective, optimizer, scheduler, batches, val_batches, settings, run_dir, monitor, device,
                CLASS_NAMES)
 

@@ -43,6 +43,7 @@ from datasets.out_of_scope_set import DEFAULT_OUT, SOURCES, OutOfScopeSet, ensur
 from datasets.splits import load_fold
 from experiment.atomic import atomic_write_json
 from experiment.cli import reports_user_errors, strip_debug_flag
+from experiment.metrics import mean_std
 from experiment.rundir import CONFIG_FILE
 
 log = logging.getLogger(__name__)
@@ -167,8 +168,7 @@ def aggregate_trust(folds: Sequence[dict[str, Any]]) -> dict[str, Any]:
     :func:`headline_numbers`, and the test reliability tables before and after calibration pooled over folds."""
     per_fold = [{"fold": f["fold"], **headline_numbers(f)} for f in folds]
     keys = [key for key in per_fold[0] if key != "fold" and all(key in row for row in per_fold)]
-    stats = {key: {"mean": float(np.mean(values := [row[key] for row in per_fold])),
-                   "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0} for key in keys}
+    stats = {key: mean_std([row[key] for row in per_fold]) for key in keys}
     pooled = {stage: pool_reliability([f["calibration"]["test"][stage]["reliability"] for f in folds])
               for stage in ("before", "after")}
     return {"per_fold": per_fold, **stats, "test_reliability": pooled}

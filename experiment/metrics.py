@@ -53,22 +53,18 @@ def aggregate_folds(fold_metrics: Sequence[dict]) -> dict:
     scalar_keys = [k for k, v in fold_metrics[0].items() if isinstance(v, float)]
     result: dict = {"folds": len(fold_metrics)}
     for key in scalar_keys:
-        values = np.array([m[key] for m in fold_metrics], dtype=np.float64)
-        result[key] = {"mean": float(values.mean()), "std": _std(values), "values": values.tolist()}
+        values = [float(m[key]) for m in fold_metrics]
+        result[key] = {**mean_std(values), "values": values}
     per_class = {}
     for name in fold_metrics[0]["per_class"]:
-        per_class[name] = {
-            stat: {
-                "mean": float(np.mean(vals := [m["per_class"][name][stat] for m in fold_metrics])),
-                "std": _std(np.array(vals, dtype=np.float64)),
-            }
-            for stat in ("precision", "recall", "f1")
-        }
+        per_class[name] = {stat: mean_std([m["per_class"][name][stat] for m in fold_metrics])
+                           for stat in ("precision", "recall", "f1")}
     result["per_class"] = per_class
     result["confusion_matrix"] = np.sum([m["confusion_matrix"] for m in fold_metrics], axis=0).tolist()
     return result
 
 
-def _std(values: np.ndarray) -> float:
-    """Sample standard deviation (ddof=1); 0 for a single fold."""
-    return float(values.std(ddof=1)) if values.size > 1 else 0.0
+def mean_std(values: Sequence[float]) -> dict[str, float]:
+    """``{"mean", "std"}`` of ``values`` over folds: the sample standard deviation (ddof=1), 0 for a single fold."""
+    array = np.asarray(values, dtype=np.float64)
+    return {"mean": float(array.mean()), "std": float(array.std(ddof=1)) if array.size > 1 else 0.0}
