@@ -1,8 +1,12 @@
-"""Adversarial loss with the real/fake targets hidden behind a flag (after junyanz ``GANLoss``)."""
+"""Adversarial loss with the real/fake targets hidden behind a flag (after junyanz ``GANLoss``) and the AC-GAN
+class loss."""
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
+
+from generative_model.conditions import HEALTHY
 
 GAN_MODES = ("vanilla", "lsgan")
 
@@ -30,3 +34,11 @@ class GANLoss(nn.Module):
         """The loss of discriminator output ``prediction`` against an all-real or all-fake target."""
         target = self.real_label if target_is_real else self.fake_label
         return self.loss(prediction, target.to(prediction.dtype).expand_as(prediction))
+
+
+def class_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of class ``logits`` ``(N, C)`` against int ``labels`` ``(N,)``, over the samples that
+    have a class (label :data:`HEALTHY` is skipped); 0 (still differentiable) when none has."""
+    labelled = labels != HEALTHY
+    total = F.cross_entropy(logits.float(), labels, ignore_index=HEALTHY, reduction="sum")
+    return total / labelled.sum().clamp(min=1)

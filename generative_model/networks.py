@@ -1,6 +1,6 @@
 """pix2pix networks (after junyanz/pytorch-CycleGAN-and-pix2pix ``models/networks.py``):
 a U-Net generator built from one self-nesting skip block whose depth follows the image size,
-and the PatchGAN discriminator (``n_layers=3`` is the 70x70 PatchGAN)."""
+and the PatchGAN discriminator (``n_layers=3`` is the 70x70 PatchGAN), optionally with an AC-GAN class head."""
 from __future__ import annotations
 
 import functools
@@ -146,13 +146,21 @@ class UnetGenerator(nn.Module):
 
 class NLayerDiscriminator(nn.Module):
     """PatchGAN discriminator: ``n_layers`` stride-2 convs then two stride-1 convs, one logit per patch
-    (``n_layers=3``: 70x70 receptive field). Input: condition and image concatenated along channels."""
+    (``n_layers=3``: 70x70 receptive field). Input: condition and image concatenated along channels.
+
+    ``num_classes > 0`` adds an AC-GAN class head (Odena et al. 2017) on the trunk (every layer but the last):
+    a 1x1 conv and LeakyReLU (the trunk's features are instance-normed, so their plain spatial mean says little),
+    global average pooling and a linear layer to ``num_classes`` logits, read by :meth:`classify`. With
+    ``num_classes=0`` the network has exactly the parameters (and state-dict keys) of the plain PatchGAN.
+    """
 
     def __init__(self, input_nc: int, ndf: int = 64, n_layers: int = 3,
-                 norm_layer: NormFactory = nn.BatchNorm2d) -> None:
+                 norm_layer: NormFactory = nn.BatchNorm2d, num_classes: int = 0) -> None:
         super().__init__()
         if n_layers < 1:
             raise ValueError(f"n_layers must be at least 1, got {n_layers}")
+        if num_classes < 0:
+            raise ValueError(f"num_classes must be >= 0, got {num_classes}")
         use_bias = not isinstance(norm_layer(1), nn.BatchNorm2d)
         layers: list[nn.Module] = [nn.Conv2d(input_nc, ndf, kernel_size=4, stride=2, padding=1),
                                    nn.LeakyReLU(0.2, True)]
@@ -164,9 +172,22 @@ class NLayerDiscriminator(nn.Module):
                        norm_layer(ndf * mult), nn.LeakyReLU(0.2, True)]
         layers.append(nn.Conv2d(ndf * mult, 1, kernel_size=4, stride=1, padding=1))
         self.model = nn.Sequential(*layers)
+        self.class_head = None if not num_classes else nn.Sequential(
+            nn.Conv2d(ndf * mult, ndf * mult, kernel_size=1), nn.LeakyReLU(0.2, True),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(ndf * mult, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits ``(N, num_classes)`` of input ``x`` from the class head.
+
+        Raises:
+            RuntimeError: the network was built without a class head.
+        """
+        if self.class_head is None:
+            raise RuntimeError("this discriminator has no class head (built with num_classes=0)")
+        return self.class_head(self.model[:-1](x))
 
 
 def define_G(*, input_nc: int, output_nc: int = 1, image_size: int = 256, ngf: int = 64, norm: str = "instance",
@@ -178,7 +199,9 @@ def define_G(*, input_nc: int, output_nc: int = 1, image_size: int = 256, ngf: i
 
 
 def define_D(*, input_nc: int, ndf: int = 64, n_layers: int = 3, norm: str = "instance",
-             init_type: str = "normal", init_gain: float = INIT_GAIN) -> NLayerDiscriminator:
-    """The PatchGAN discriminator (``n_layers=3``: 70x70 patches), initialised."""
-    net = NLayerDiscriminator(input_nc, ndf=ndf, n_layers=n_layers, norm_layer=get_norm_layer(norm))
+             init_type: str = "normal", init_gain: float = INIT_GAIN, num_classes: int = 0) -> NLayerDiscriminator:
+    """The PatchGAN discriminator (``n_layers=3``: 70x70 patches), with a ``num_classes``-way class head when
+    that is positive, initialised."""
+    net = NLayerDiscriminator(input_nc, ndf=ndf, n_layers=n_layers, norm_layer=get_norm_layer(norm),
+                              num_classes=num_classes)
     return init_weights(net, init_type, init_gain)

@@ -48,6 +48,11 @@ class TrainingPairs:
     def pair(self, index: int, rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Condition, uint8 target crop and bool hole crop of slice ``index``: a centred tumour pair without
         ``rng``, else a jittered tumour or healthy pair drawn from ``rng``."""
+        return self._labelled_pair(index, rng)[:3]
+
+    def _labelled_pair(self, index: int, rng: np.random.Generator | None
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """:meth:`pair` and the class label it codes (``HEALTHY`` for a healthy pair)."""
         hole, tumour, label = self.holes[index], self.masks[index], int(self.labels[index])
         shift = (0, 0)
         if rng is not None:
@@ -57,20 +62,21 @@ class TrainingPairs:
         origin = crop_origin(hole, self.crop, shift)
         target = window(self.images[index], origin, self.crop)
         hole_crop = window(hole, origin, self.crop)
-        return encode(target, hole_crop, window(tumour, origin, self.crop), label), target, hole_crop
+        return encode(target, hole_crop, window(tumour, origin, self.crop), label), target, hole_crop, label
 
     def batch(self, index: np.ndarray, rng: np.random.Generator | None = None
-              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Conditions, targets in ``[-1, 1]`` and hole masks (float) of slices ``index``, as tensors."""
-        conditions, targets, holes = (np.stack(part) for part in zip(*(self.pair(int(i), rng) for i in index),
-                                                                      strict=True))
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Conditions, targets in ``[-1, 1]``, hole masks (float) and int64 class labels (``HEALTHY`` for
+        healthy pairs) of slices ``index``, as tensors."""
+        conditions, targets, holes, labels = (np.stack(part) for part in zip(
+            *(self._labelled_pair(int(i), rng) for i in index), strict=True))
         if rng is not None:
             flip = rng.random(len(index)) < FLIP_PROB
             conditions[flip] = conditions[flip][..., ::-1]
             targets[flip] = targets[flip][..., ::-1]
             holes[flip] = holes[flip][..., ::-1]
         return (torch.from_numpy(np.ascontiguousarray(conditions)), images_to_tensor(targets),
-                torch.from_numpy(holes.astype(np.float32)).unsqueeze(1))
+                torch.from_numpy(holes.astype(np.float32)).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)))
 
     def _healthy_hole(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, int] | None:
         """Another slice's hole that lies inside this slice's head and clear of its own hole, or None."""

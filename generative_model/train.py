@@ -3,7 +3,8 @@
 the real crop out; and healthy pairs, where another slice's tumour shape is erased and healthy tissue painted).
 
     python generative_model/train.py [data.root=PATH] [data.image_size=128] [fold=0|null] [train.epochs=4]
-        [train.epochs_decay=4] [net.ngf=32] [condition.crop_size=64] [loss.hole_weight=4] [resume=true]
+        [train.epochs_decay=4] [net.ngf=32] [condition.crop_size=64] [loss.hole_weight=4] [loss.lambda_cls=5]
+        [resume=true]
 
 Writes into ``run_dir`` (default ``runs/generative_model/<split>-k<k>/<size>px/fold<k>``): ``config.yaml``,
 ``metrics.jsonl`` (losses, learning rate, condition | real | fake grids), ``checkpoints/epoch-NNNN.pt`` each
@@ -44,12 +45,12 @@ from generative_model.checkpoint import (
     save_generator,
     save_training_checkpoint,
 )
-from generative_model.conditions import CONDITION_CHANNELS, scaled
+from generative_model.conditions import CONDITION_CHANNELS, NUM_CLASSES, scaled
 from generative_model.folds import FoldData, load_fold_data
 from generative_model.losses import GANLoss
 from generative_model.networks import IMAGE_SIZES, define_D, get_norm_layer, init_weights
 from generative_model.pairs import TrainingPairs
-from generative_model.pix2pix import LOSS_NAMES, Pix2Pix, count_parameters, generate
+from generative_model.pix2pix import Pix2Pix, count_parameters, generate
 from generative_model.quality import comparison_grid, reconstruction_report, update_quality
 
 log = logging.getLogger(__name__)
@@ -66,10 +67,12 @@ def build_pix2pix(cfg: DictConfig, device: torch.device) -> Pix2Pix:
     generator = build_generator(generator_arch(net, cfg.condition, cfg.data.image_size), init_type=net.init_type,
                                 init_gain=net.init_gain)
     discriminator = define_D(input_nc=CONDITION_CHANNELS + 1, ndf=net.ndf, n_layers=net.d_layers, norm=net.norm,
-                             init_type=net.init_type, init_gain=net.init_gain)
+                             init_type=net.init_type, init_gain=net.init_gain,
+                             num_classes=NUM_CLASSES if cfg.loss.lambda_cls > 0 else 0)
     return Pix2Pix(generator=generator, discriminator=discriminator, lr=cfg.train.lr, beta1=cfg.train.beta1,
                    gan_mode=cfg.loss.gan_mode, lambda_l1=cfg.loss.lambda_l1, epochs=cfg.train.epochs,
-                   epochs_decay=cfg.train.epochs_decay, device=device, amp=cfg.amp, hole_weight=cfg.loss.hole_weight)
+                   epochs_decay=cfg.train.epochs_decay, device=device, amp=cfg.amp, hole_weight=cfg.loss.hole_weight,
+                   lambda_cls=cfg.loss.lambda_cls)
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -88,6 +91,7 @@ def check_config(cfg: DictConfig) -> None:
               ("train.beta1", cfg.train.beta1, 0 <= cfg.train.beta1 < 1, "in [0, 1)"),
               ("loss.lambda_l1", cfg.loss.lambda_l1, cfg.loss.lambda_l1 >= 0, "a number >= 0"),
               ("loss.hole_weight", cfg.loss.hole_weight, cfg.loss.hole_weight >= 1, "a number >= 1"),
+              ("loss.lambda_cls", cfg.loss.lambda_cls, cfg.loss.lambda_cls >= 0, "a number >= 0"),
               ("condition.crop_size", cfg.condition.crop_size, cfg.condition.crop_size in IMAGE_SIZES
                and cfg.condition.crop_size <= cfg.data.image_size, f"one of {IMAGE_SIZES} <= data.image_size"),
               *((f"condition.{key}", cfg.condition[key], cfg.condition[key] >= 0, "a number >= 0")
@@ -160,14 +164,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             rng = np.random.default_rng(derive_seed(cfg.seed, epoch))
             order = rng.permutation(fold.train.size)
             model.train()
-            sums = dict.fromkeys(LOSS_NAMES, 0.0)
+            sums = dict.fromkeys(model.loss_names, 0.0)
             bar = progress(range(steps_per_epoch), desc=f"pix2pix epoch {epoch}/{total_epochs}", mininterval=2)
             for step in bar:
                 model.set_input(*pairs.batch(order[step * batch_size:(step + 1) * batch_size], rng))
                 losses = model.optimize_parameters()
                 global_step = (epoch - 1) * steps_per_epoch + step + 1
                 check_finite(losses, f"pix2pix epoch {epoch} step {global_step}", run_dir.checkpoints)
-                sums = {name: sums[name] + losses[name] for name in LOSS_NAMES}
+                sums = {name: sums[name] + losses[name] for name in model.loss_names}
                 if global_step % cfg.train.log_every == 0:
                     monitor.scalars("train", epoch, global_step, losses)
                 bar.set_postfix(G_L1=f"{losses['G_L1']:.3f}", D_fake=f"{losses['D_fake']:.3f}", refresh=False)

@@ -98,9 +98,12 @@ def test_training_writes_run_directory(trained: Path) -> None:
     assert records, "the condition | real | fake grid is logged every epoch"
 
 
-def test_resume_after_interruption_equals_uninterrupted_run(base: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    settings = ["train.epochs=1", "train.epochs_decay=1"]
-    train.run(make_cfg("train", base, *settings, f"run_dir={base / 'straight'}"))
+@pytest.mark.parametrize("lambda_cls", [0.0, 1.0])
+def test_resume_after_interruption_equals_uninterrupted_run(base: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            lambda_cls: float) -> None:
+    settings = ["train.epochs=1", "train.epochs_decay=1", f"loss.lambda_cls={lambda_cls}"]
+    runs = base / f"cls{lambda_cls:g}"
+    train.run(make_cfg("train", base, *settings, f"run_dir={runs / 'straight'}"))
 
     def killed(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt("killed after the first checkpoint")
@@ -108,20 +111,22 @@ def test_resume_after_interruption_equals_uninterrupted_run(base: Path, monkeypa
     with monkeypatch.context() as patch:
         patch.setattr(checkpoint, "prune_checkpoints", killed)
         with pytest.raises(KeyboardInterrupt):
-            train.run(make_cfg("train", base, *settings, f"run_dir={base / 'resumed'}"))
-    assert not (base / "resumed" / GENERATOR_FILE).exists()
+            train.run(make_cfg("train", base, *settings, f"run_dir={runs / 'resumed'}"))
+    assert not (runs / "resumed" / GENERATOR_FILE).exists()
     with pytest.raises(FileExistsError, match="resume=true"):
-        train.run(make_cfg("train", base, *settings, f"run_dir={base / 'resumed'}"))
-    train.run(make_cfg("train", base, *settings, "resume=true", f"run_dir={base / 'resumed'}"))
+        train.run(make_cfg("train", base, *settings, f"run_dir={runs / 'resumed'}"))
+    train.run(make_cfg("train", base, *settings, "resume=true", f"run_dir={runs / 'resumed'}"))
 
-    straight = load_checkpoint(base / "straight" / "checkpoints" / "epoch-0002.pt")
-    resumed = load_checkpoint(base / "resumed" / "checkpoints" / "epoch-0002.pt")
+    straight = load_checkpoint(runs / "straight" / "checkpoints" / "epoch-0002.pt")
+    resumed = load_checkpoint(runs / "resumed" / "checkpoints" / "epoch-0002.pt")
     for part in ("G", "D"):
         assert straight[part].keys() == resumed[part].keys()
         for key, value in straight[part].items():
             assert torch.equal(value, resumed[part][key]), f"{part}.{key} differs after resume"
-    epochs = [r["epoch"] for r in RunDir(base / "resumed").read_metrics() if r.get("phase") == "epoch"]
-    assert epochs == [1, 2]
+    assert any(key.startswith("class_head") for key in straight["D"]) == (lambda_cls > 0)
+    epoch_records = [r for r in RunDir(runs / "resumed").read_metrics() if r.get("phase") == "epoch"]
+    assert [r["epoch"] for r in epoch_records] == [1, 2]
+    assert all(("G_cls" in r["values"]) == (lambda_cls > 0) for r in epoch_records)
 
 
 def test_resume_with_another_architecture_is_refused(base: Path, trained: Path) -> None:
