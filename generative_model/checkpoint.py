@@ -134,5 +134,10 @@ def load_training_checkpoint(path: str | os.PathLike, model: Pix2Pix, arch: dict
     if state["arch"] != arch:
         raise CheckpointError(f"checkpoint {path} was trained with generator {state['arch']}, but this config "
                               f"asks for {arch}; use another run_dir= or the original settings")
+    saved_head = any(key.startswith("class_head.") for key in state["D"])
+    if saved_head != (model.netD.class_head is not None):
+        raise CheckpointError(f"checkpoint {path} was trained {'with' if saved_head else 'without'} the class "
+                              f"objective; resume with loss.lambda_cls{' > 0' if saved_head else '=0'} as it was "
+                              f"trained, or use another run_dir=")
     model.load_state_dict(state, source=str(path))
     return int(state["epoch"]), float(state["elapsed"])

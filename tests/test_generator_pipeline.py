@@ -139,6 +139,11 @@ def test_resume_with_another_architecture_is_refused(base: Path, trained: Path) 
     (run_dir / "identity.json").unlink()  # without the run's identity, the checkpoint's arch still guards it
     with pytest.raises(CheckpointError, match="trained with generator"):
         train.run(other)
+    plain = make_cfg("train", base, "train.epochs=2", "train.epochs_decay=0", "loss.lambda_cls=0", "resume=true",
+                     f"run_dir={run_dir}")
+    (run_dir / "identity.json").unlink(missing_ok=True)  # the class head is checked in the checkpoint too
+    with pytest.raises(CheckpointError, match=r"with the class objective; resume with loss.lambda_cls > 0"):
+        train.run(plain)
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(base: Path, monkeypatch: pytest.MonkeyPatch) -> None:
