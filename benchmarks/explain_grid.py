@@ -2,7 +2,7 @@
 maps whose peak fell inside the tumour (hit) and outside it (miss), the tumour outlined in green.
 
 The maps are :func:`capsule_classifier.explain.explanation_maps` of the fold's model (the method of
-``CAM_LAYERS``); examples are spread evenly over each type's hits and misses, so the grid is the same on every
+``explanation_layer``); examples are spread evenly over each type's hits and misses, so the grid is the same on every
 run. Run from the repository root::
 
     python -m benchmarks.explain_grid runs/bench_generalisation/after/capsnet/cvind-k5/scratch/fold0 \\
@@ -20,7 +20,14 @@ import torch
 
 from capsule_classifier.deploy import load_classifier
 from capsule_classifier.evaluate import save_png
-from capsule_classifier.explain import CAM_LAYERS, explanation_maps, grid_figure, localisation, map_method, overlay
+from capsule_classifier.explain import (
+    explanation_layer,
+    explanation_maps,
+    grid_figure,
+    localisation,
+    map_method,
+    overlay,
+)
 from capsule_classifier.trust import MODEL_FILE, fold_parts
 from datasets.core import CLASS_NAMES
 from experiment.cli import reports_user_errors, strip_debug_flag
@@ -42,7 +49,7 @@ def explanation_grid(run: Path, path: Path, per_kind: int = PER_KIND) -> Path:
     """Draw the grid of the module docstring for the fold in ``run`` to ``path``."""
     test = fold_parts(run)[0]["test"]
     classifier, meta = load_classifier(run / MODEL_FILE)
-    layer = CAM_LAYERS[meta["model_name"]]
+    layer = explanation_layer(meta["model_name"], classifier.model)
     maps, predicted = explanation_maps(classifier, layer, test.images)
     found = localisation(maps, test.masks)
     hits = np.array(found["hits"], dtype=bool)

@@ -9,6 +9,8 @@
 Rows (:data:`ROWS`), with their default grid; ``protocols=``, ``sizes=`` and ``seeds=`` replace the grid of every
 selected row, ``folds=`` keeps only those folds:
 
+Every capsnet row has the tumour attention gate (:data:`GATE`).
+
 * ``capsnet-real``: capsnet on real slices only (cvind and grouped, 128 and 256 px, seeds 0 1 2);
 * ``capsnet-synthetic``: capsnet pretrained on the fold's synthetic shards, then fine-tuned (cvind and grouped,
   128 px, seeds 0 1 2);
@@ -92,9 +94,12 @@ class Row:
     overrides: tuple[str, ...] = ()
 
 
-ROWS = {"capsnet-real": Row("capsnet", "scratch", sizes=(128, 256)),
-        "capsnet-synthetic": Row("capsnet", "synthetic", pretrain=True),
-        "capsnet-control": Row("capsnet", "control", control=True),
+GATE = ("+model.kwargs.attention=true", "+model.kwargs.attention_stride=4")
+"""capsnet's tumour attention gate at stride 4, on in every capsnet row (chosen on the cvind validation folds of
+``benchmarks/bench_generalisation.py``: ``after_attention_s4`` against ``after_attention`` and ``after_long``)."""
+ROWS = {"capsnet-real": Row("capsnet", "scratch", sizes=(128, 256), overrides=GATE),
+        "capsnet-synthetic": Row("capsnet", "synthetic", pretrain=True, overrides=GATE),
+        "capsnet-control": Row("capsnet", "control", control=True, overrides=GATE),
         "resnet50-real": Row("resnet50", "scratch", protocols=("cvind",), seeds=(0,), overrides=("cpu_bf16=true",)),
         "resnet50-synthetic": Row("resnet50", "synthetic", pretrain=True, protocols=("cvind",), seeds=(0,),
                                   overrides=("cpu_bf16=true",))}

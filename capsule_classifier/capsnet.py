@@ -5,6 +5,10 @@ not the parameter count):
 
     stem     conv 5x5/2 (1->16), conv 3x3/2 (16->32), conv 3x3 (32->32)   BN + ReLU each
     trunk    conv 3x3/2 (32->64), conv 3x3/2 (64->64)                      BN + ReLU each
+    gate     (optional, ``attention=True``) a tumour map at stride ``attention_stride`` (4: after the stem,
+             8: between the two trunk convs), conv 3x3 (->16) BN ReLU, conv 1x1 (16->1), sigmoid; the features
+             there are multiplied by it, so the capsules see only what the gate lets through (an attention
+             gate, Schlemper et al., 2019)
     primary  conv 3x3/2 (64 -> types x dims), squash        -> (side/32)^2 x types capsules
     class    one capsule per tumour type, dynamic routing-by-agreement (3 iterations)
     decoder  (optional, training only) the longest class capsule -> a 32x32 reconstruction of the input
@@ -21,7 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["TRAINING_ONLY_PREFIX", "CapsNet", "CapsuleObjective", "ClassCapsules", "capsnet", "margin_loss", "squash"]
+__all__ = ["GATE_STRIDES", "TRAINING_ONLY_PREFIX", "CapsNet", "CapsuleObjective", "ClassCapsules", "attention_loss",
+           "capsnet", "margin_loss", "squash"]
+
+GATE_STRIDES = {4: 3, 8: 4}
+"""Attention-gate stride (input pixels per cell of its map) -> how many ``features`` blocks run before it."""
 
 TRAINING_ONLY_PREFIX = "decoder."
 """Parameter-name prefix of the reconstruction decoder, which only training uses (inference never runs it)."""
@@ -44,6 +52,18 @@ def margin_loss(lengths: torch.Tensor, targets: torch.Tensor, m_plus: float = 0.
     present = F.one_hot(targets, lengths.shape[1]).to(lengths.dtype)
     loss = present * F.relu(m_plus - lengths) ** 2 + lambda_ * (1.0 - present) * F.relu(lengths - m_minus) ** 2
     return loss.sum(dim=1).mean()
+
+
+def attention_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy plus soft-Dice loss of the gate's ``logits`` (N, 1, h, w) against tumour ``masks``
+    (N, 1, H, W) in [0, 1], max-pooled to the gate's grid (a cell is tumour when any of its pixels is)."""
+    target = F.adaptive_max_pool2d(masks.float(), logits.shape[-2:])
+    logits = logits.float()
+    cross_entropy = F.binary_cross_entropy_with_logits(logits, target)
+    gate = logits.sigmoid().flatten(1)
+    target = target.flatten(1)
+    dice = (2 * (gate * target).sum(1) + 1) / (gate.sum(1) + target.sum(1) + 1)
+    return cross_entropy + (1 - dice).mean()
 
 
 def _conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int, stride: int) -> nn.Sequential:
@@ -94,28 +114,45 @@ class CapsNet(nn.Module):
         class_dim: class capsule dimension.
         routing_iterations: routing-by-agreement iterations (3).
         decoder: add the reconstruction decoder (a regulariser; see :class:`CapsuleObjective`).
+        attention: add the tumour attention gate; ``forward`` then also returns ``"attention_logits"``
+            (N, 1, S/stride, S/stride), which :class:`CapsuleObjective` supervises with the tumour masks.
+        attention_stride: where the gate sits (a key of :data:`GATE_STRIDES`).
     """
 
     def __init__(self, num_classes: int = 3, image_size: int = 128, primary_types: int = 16, primary_dim: int = 8,
-                 class_dim: int = 16, routing_iterations: int = 3, decoder: bool = True) -> None:
+                 class_dim: int = 16, routing_iterations: int = 3, decoder: bool = True,
+                 attention: bool = False, attention_stride: int = 8) -> None:
         super().__init__()
         if image_size % 32 or image_size < 32:
             raise ValueError(f"capsnet needs an image size divisible by 32 and at least 32, got {image_size}")
+        if attention_stride not in GATE_STRIDES:
+            raise ValueError(f"attention_stride must be one of {sorted(GATE_STRIDES)}, got {attention_stride}")
         self.image_size, self.primary_types, self.primary_dim = image_size, primary_types, primary_dim
         self.features = nn.Sequential(
             _conv_bn_relu(1, 16, 5, 2), _conv_bn_relu(16, 32, 3, 2), _conv_bn_relu(32, 32, 3, 1),
             _conv_bn_relu(32, 64, 3, 2), _conv_bn_relu(64, 64, 3, 2))
+        self.gate_after = GATE_STRIDES[attention_stride]
+        gate_channels = self.features[self.gate_after - 1][0].out_channels
+        self.attention = nn.Sequential(_conv_bn_relu(gate_channels, 16, 3, 1), nn.Conv2d(16, 1, 1)) \
+            if attention else None
         self.primary = nn.Conv2d(64, primary_types * primary_dim, 3, stride=2, padding=1)
         self.classes = ClassCapsules(primary_types, primary_dim, num_classes, class_dim, routing_iterations)
         self.decoder = _Decoder(num_classes * class_dim) if decoder else None
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        features = self.primary(self.features(images))
+        output: dict[str, torch.Tensor] = {}
+        if self.attention is None:
+            trunk = self.features(images)
+        else:
+            early = self.features[:self.gate_after](images)
+            output["attention_logits"] = self.attention(early)
+            trunk = self.features[self.gate_after:](early * output["attention_logits"].sigmoid())
+        features = self.primary(trunk)
         n, _, height, width = features.shape
         primary = squash(features.view(n, self.primary_types, self.primary_dim, height, width), dim=2)
         poses = self.classes(primary)
         lengths = torch.sqrt((poses * poses).sum(-1) + 1e-9)
-        output = {"poses": poses, "lengths": lengths}
+        output.update(poses=poses, lengths=lengths)
         if self.decoder is not None and self.training:
             # a training-time regulariser only (inference and export skip it); masked by the longest
             # capsule, so the forward pass needs no labels (one path for training and DDP).
@@ -140,29 +177,34 @@ class _Decoder(nn.Module):
 
 
 class CapsuleObjective:
-    """Margin loss plus ``reconstruction_weight`` x the summed squared error of the 32x32 reconstruction.
+    """Margin loss plus ``reconstruction_weight`` x the summed squared error of the 32x32 reconstruction, plus
+    ``attention_weight`` x :func:`attention_loss` for a gated network on batches that carry tumour masks.
 
     The squared error is summed over the 1024 pixels and averaged over the batch, as in Sabour et al.
     (weight 0.0005 there, on 784 pixels); it regularises the capsules and never dominates the margin.
     Scores are the class-capsule lengths; probabilities are the lengths normalised to sum to one.
     """
 
-    def __init__(self, reconstruction_weight: float = 0.0005, m_plus: float = 0.9, m_minus: float = 0.1,
-                 lambda_: float = 0.5) -> None:
-        self.reconstruction_weight = reconstruction_weight
+    def __init__(self, reconstruction_weight: float = 0.0005, attention_weight: float = 1.0, m_plus: float = 0.9,
+                 m_minus: float = 0.1, lambda_: float = 0.5) -> None:
+        self.reconstruction_weight, self.attention_weight = reconstruction_weight, attention_weight
         self.margins = {"m_plus": m_plus, "m_minus": m_minus, "lambda_": lambda_}
 
-    def loss(self, output: dict[str, torch.Tensor], images: torch.Tensor,
-             targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """Margin (+ weighted reconstruction) loss and its parts."""
-        margin = margin_loss(output["lengths"].float(), targets, **self.margins)
-        parts = {"margin": float(margin.detach())}
-        if "reconstruction" not in output or self.reconstruction_weight == 0:
-            return margin, parts
-        target = F.adaptive_avg_pool2d(images.float(), RECONSTRUCTION_SIDE)
-        error = ((output["reconstruction"].float() - target) ** 2).flatten(1).sum(1).mean()
-        parts["reconstruction"] = float(error.detach())
-        return margin + self.reconstruction_weight * error, parts
+    def loss(self, output: dict[str, torch.Tensor], images: torch.Tensor, targets: torch.Tensor,
+             masks: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """Margin (+ weighted reconstruction, + weighted attention) loss and its parts."""
+        loss = margin_loss(output["lengths"].float(), targets, **self.margins)
+        parts = {"margin": float(loss.detach())}
+        if "reconstruction" in output and self.reconstruction_weight > 0:
+            target = F.adaptive_avg_pool2d(images.float(), RECONSTRUCTION_SIDE)
+            error = ((output["reconstruction"].float() - target) ** 2).flatten(1).sum(1).mean()
+            parts["reconstruction"] = float(error.detach())
+            loss = loss + self.reconstruction_weight * error
+        if "attention_logits" in output and masks is not None and self.attention_weight > 0:
+            gate = attention_loss(output["attention_logits"], masks)
+            parts["attention"] = float(gate.detach())
+            loss = loss + self.attention_weight * gate
+        return loss, parts
 
     def scores(self, output: dict[str, torch.Tensor]) -> torch.Tensor:
         """Class-capsule lengths (N, C)."""

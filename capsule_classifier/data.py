@@ -31,18 +31,22 @@ def to_input(images: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 class SliceDataset(torch.utils.data.Dataset):
     """In-memory uint8 slices ``(N, S, S)`` with class indices, as items ``(float32 (1, S, S) in [0, 1], label)``
-    for :mod:`experiment.batches`."""
+    for :mod:`experiment.batches`; with bool ``masks`` ``(N, S, S)``, items ``(image, label, float32 mask)``."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray) -> None:
-        if len(images) != len(labels):
-            raise ValueError(f"{len(images)} slices but {len(labels)} labels")
-        self.images, self.labels = images, torch.as_tensor(np.asarray(labels, dtype=np.int64))
+    def __init__(self, images: np.ndarray, labels: np.ndarray, masks: np.ndarray | None = None) -> None:
+        if len(images) != len(labels) or (masks is not None and masks.shape != images.shape):
+            raise ValueError(f"{len(images)} slices, {len(labels)} labels and masks of shape "
+                             f"{None if masks is None else masks.shape} do not match")
+        self.images, self.labels, self.masks = images, torch.as_tensor(np.asarray(labels, dtype=np.int64)), masks
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return to_input(self.images[index:index + 1])[0], self.labels[index]
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
+        image = to_input(self.images[index:index + 1])[0]
+        if self.masks is None:
+            return image, self.labels[index]
+        return image, self.labels[index], torch.from_numpy(self.masks[index:index + 1].astype(np.float32))
 
 
 def load_pretrain_shards(folder: str | os.PathLike, image_size: int, strict: bool) -> tuple[np.ndarray, np.ndarray,

@@ -1,11 +1,14 @@
 """Explanation maps: where a classifier looked, and how well that matches the tumour masks.
 
-Each model has the map that localises best of those measured (``CAM_LAYERS``):
+Each model has the map that localises best of those measured (:func:`explanation_layer`):
 
-* capsnet: integrated gradients (Sundararajan et al., 2017) of the predicted class capsule's length, from a
-  black image to the input in :data:`IG_STEPS` midpoint steps; the magnitude of gradient x input (evidence for
-  or against the class), smoothed by a Gaussian of :data:`SMOOTHING` of the side. Grad-CAM does not localise on
-  capsnet: at every layer its peak sat off the head, on the image border or on the skull (pointing game
+* capsnet with its tumour attention gate (``model.kwargs.attention=true``): the gate itself, the sigmoid map
+  that multiplies the stride-8 features (so the capsules see only what it lets through), upsampled (bilinear)
+  to the input. It is where this model looked by construction, not a post-hoc estimate;
+* capsnet without the gate: integrated gradients (Sundararajan et al., 2017) of the predicted class capsule's
+  length, from a black image to the input in :data:`IG_STEPS` midpoint steps; the magnitude of gradient x input
+  (evidence for or against the class), smoothed by a Gaussian of :data:`SMOOTHING` of the side. Grad-CAM does not
+  localise on capsnet: at every layer its peak sat off the head, on the image border or on the skull (pointing game
   0.00-0.17 on two cross-validation folds, against about 0.32 for this map);
 * resnet50: Grad-CAM (Selvaraju et al., 2017) of ``layer4`` weighted by the gradient of the predicted logit,
   upsampled (bilinear) to the input.
@@ -37,8 +40,11 @@ if TYPE_CHECKING:
 
 INPUT = "input"
 """The 'layer' of integrated gradients: attribution to the input pixels."""
+ATTENTION = "attention"
+"""The 'layer' of a gated capsnet: its attention gate (:class:`capsule_classifier.capsnet.CapsNet`)."""
 CAM_LAYERS = {"capsnet": INPUT, "resnet50": "layer4"}
-"""Where each model's map is taken: :data:`INPUT` for integrated gradients, else the block Grad-CAM weighs."""
+"""Where each ungated model's map is taken: :data:`INPUT` for integrated gradients, else the block Grad-CAM
+weighs."""
 IG_STEPS = 16
 SMOOTHING = 1 / 32
 """Gaussian sigma of the integrated-gradients map, as a share of the side: 4 px at 128 px."""
@@ -49,8 +55,16 @@ OVERLAY_MIN_SIDE = 256
 OVERLAY_ALPHA = 0.5
 
 
+def explanation_layer(model_name: str, model: nn.Module) -> str:
+    """Where the map of ``model`` (of family ``model_name``) is taken: :data:`ATTENTION` for a model with an
+    attention gate, else ``CAM_LAYERS[model_name]``."""
+    return ATTENTION if getattr(model, "attention", None) is not None else CAM_LAYERS[model_name]
+
+
 def map_method(layer: str) -> str:
     """The name of the map :func:`explanation_maps` draws at ``layer``."""
+    if layer == ATTENTION:
+        return "the tumour attention gate that weighs the features the capsules see, upsampled"
     if layer == INPUT:
         return "integrated gradients x input of the predicted class, magnitude, smoothed"
     return f"Grad-CAM of the predicted class at {layer}"
@@ -65,7 +79,9 @@ def explanation_maps(classifier: ProbabilityModel, layer: str, images: np.ndarra
         batch = to_input(images[start:start + BATCH])
         with torch.no_grad():
             classes = objective.scores(model(batch)).argmax(dim=1)
-        if layer == INPUT:
+        if layer == ATTENTION:
+            raw = attention_map(model, batch)
+        elif layer == INPUT:
             raw = integrated_gradients(model, objective, batch, classes)
         else:
             raw = grad_cam(model, objective, layer, batch, classes)
@@ -73,6 +89,13 @@ def explanation_maps(classifier: ProbabilityModel, layer: str, images: np.ndarra
         maps.append(torch.where(peak > 0, raw / peak.clamp_min(1e-12), torch.zeros_like(raw)).clamp(0, 1))
         predicted.append(classes)
     return torch.cat(maps).numpy().astype(np.float32), torch.cat(predicted).numpy()
+
+
+def attention_map(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    """The attention gate (N, S, S) in [0, 1] of a gated model for the input ``batch`` (N, 1, S, S)."""
+    with torch.no_grad():
+        gate = model(batch)["attention_logits"].float().sigmoid()
+    return F.interpolate(gate, size=batch.shape[2:], mode="bilinear", align_corners=False)[:, 0]
 
 
 def grad_cam(model: nn.Module, objective: Objective, layer: str, batch: torch.Tensor,

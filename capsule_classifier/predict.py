@@ -184,10 +184,11 @@ class Predictor:
             record["probabilities"] = {name: round(float(p), 6) for name, p in zip(self.class_names, row, strict=True)}
             record["out_of_scope_score"] = None if score is None else round(score, 6)
         if explain is not None:
-            from capsule_classifier.explain import CAM_LAYERS, explanation_maps, overlay
+            from capsule_classifier.explain import explanation_layer, explanation_maps, overlay
             from datasets.external_glioma import png_bytes
 
-            maps, _ = explanation_maps(self.classifier, CAM_LAYERS[self.model_name], images)
+            maps, _ = explanation_maps(self.classifier, explanation_layer(self.model_name, self.classifier.model),
+                                        images)
             for (record, image), cam in zip(pending, maps, strict=True):
                 name = overlay_name(record["path"])
                 atomic_write_bytes(explain / name, png_bytes(overlay(image, cam)))

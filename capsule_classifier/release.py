@@ -45,7 +45,6 @@ from torch import nn
 from capsule_classifier import model_entry
 from capsule_classifier import out_of_scope as scope
 from capsule_classifier.config import ClassifierTrainConfig
-from capsule_classifier.data import SliceDataset
 from capsule_classifier.deploy import ProbabilityModel, default_model, save_classifier
 from capsule_classifier.export import export
 from capsule_classifier.model_card import model_card
@@ -59,6 +58,7 @@ from capsule_classifier.train import (
     check_config,
     fit_settings,
     pretrain_tag,
+    training_slices,
 )
 from capsule_classifier.trust import FILES, LEGACY_GEOMETRY, MODEL_FILE, aggregate_trust, read_trust
 from datasets.core import CLASS_NAMES, SliceSet
@@ -198,7 +198,7 @@ def train_on_all(cfg: DictConfig, data: SliceSet, epochs: int, run_dir: RunDir,
     from ``run_dir``), on the CPU in eval mode, with its objective."""
     model, objective = build_classifier(cfg)
     model = model.to(device)
-    batches = TrainBatches(SliceDataset(data.images, data.labels), data.labels, cfg.train.batch_size, cfg.seed,
+    batches = TrainBatches(training_slices(model, data), data.labels, cfg.train.batch_size, cfg.seed,
                            key=PHASE_KEYS[PHASE], balanced=cfg.train.balanced,
                            augmentation=build_augmentation(cfg.augment))
     optimizer = build_optimizer(model, cfg.train.lr, cfg.train.weight_decay)

@@ -103,6 +103,13 @@ def build_classifier(cfg: DictConfig) -> tuple[nn.Module, Objective]:
     return model, build_objective(cfg.model.name, **OmegaConf.to_container(cfg.model.objective, resolve=True))
 
 
+def training_slices(model: nn.Module, part: SliceSet) -> SliceDataset:
+    """``part``'s slices and labels for fine-tuning, with its tumour masks when ``model`` has an attention gate
+    (the gate learns from them)."""
+    masks = part.masks if getattr(model, "attention", None) is not None else None
+    return SliceDataset(part.images, part.labels, masks)
+
+
 def build_augmentation(augment: DictConfig) -> RandCompose | None:
     """The training augmentation of ``augment.*`` (None when ``augment.enabled`` is false)."""
     return slice_augmentation(**{k: v for k, v in augment.items() if k != "enabled"}) if augment.enabled else None
@@ -187,7 +194,7 @@ def _run_fold(cfg: DictConfig, run_dir: RunDir, device: torch.device, distribute
             load_model_state(model, load_checkpoint(run_dir.checkpoints / "pretrain" / "best.pt")["model"],
                              "pretrain best.pt")
         train = parts["train"]
-        batches = TrainBatches(SliceDataset(train.images, train.labels), train.labels, cfg.train.batch_size,
+        batches = TrainBatches(training_slices(model, train), train.labels, cfg.train.batch_size,
                                cfg.seed, key=PHASE_KEYS["finetune"], balanced=cfg.train.balanced,
                                augmentation=augmentation, rank=rank(), world_size=world_size())
         result = _fit_phase(cfg, "finetune", trained, objective, batches, val_batches, cfg.train.epochs,

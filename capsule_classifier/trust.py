@@ -37,7 +37,7 @@ from capsule_classifier import out_of_scope as scope
 from capsule_classifier.calibration import calibrate, calibration_metrics, fit_temperature, reliability_figure
 from capsule_classifier.deploy import ProbabilityModel, load_classifier, update_classifier
 from capsule_classifier.evaluate import save_png
-from capsule_classifier.explain import CAM_LAYERS, explanation_maps, localisation, map_method
+from capsule_classifier.explain import explanation_layer, explanation_maps, localisation, map_method
 from datasets.core import SliceSet
 from datasets.out_of_scope_set import DEFAULT_OUT, SOURCES, OutOfScopeSet, ensure_built, load_out_of_scope
 from datasets.splits import load_fold
@@ -130,8 +130,9 @@ def fit_trust(run_dir: str | os.PathLike, parts: dict[str, SliceSet], out_of_sco
         {f"{name} {stage}": calibration[name][stage] for name in ("val", "test") for stage in ("before", "after")},
         title))
     detector, detection = fit_out_of_scope(outputs, parts, out_of_scope, layers)
-    maps, _ = explanation_maps(classifier, CAM_LAYERS[meta["model_name"]], parts["test"].images)
-    explanations = {"layer": CAM_LAYERS[meta["model_name"]], "method": map_method(CAM_LAYERS[meta["model_name"]]),
+    layer = explanation_layer(meta["model_name"], classifier.model)
+    maps, _ = explanation_maps(classifier, layer, parts["test"].images)
+    explanations = {"layer": layer, "method": map_method(layer),
                     "file_ids": parts["test"].file_ids.tolist(), **localisation(maps, parts["test"].masks)}
     update_classifier(run_dir / MODEL_FILE,
                       calibration={"temperature": calibration["temperature"], "fitted_on": "validation patients"},

@@ -98,7 +98,10 @@ class ScaleShiftIntensity:
 
 
 class RandomTransform:
-    """Base of the random twins: owns a generator; ``randomize(n)`` draws, ``__call__`` applies."""
+    """Base of the random twins: owns a generator; ``randomize(n)`` draws, ``__call__`` applies.
+    ``geometric`` transforms move pixels (and so move masks along, see :meth:`RandCompose.pair`)."""
+
+    geometric = False
 
     def __init__(self) -> None:
         self.generator = torch.Generator()
@@ -116,6 +119,8 @@ class RandomTransform:
 
 class RandFlip(RandomTransform):
     """Flip each sample along ``axis`` (see :class:`Flip`) with probability ``prob``."""
+
+    geometric = True
 
     def __init__(self, axis: str | int = "horizontal", prob: float = 0.5) -> None:
         super().__init__()
@@ -135,6 +140,8 @@ class RandFlip(RandomTransform):
 class RandAffine(RandomTransform):
     """With probability ``prob`` per sample: rotation in ``±rotate_deg``, scale in ``1 ± scale``,
     translation in ``±translate`` (fraction of the side) on both axes."""
+
+    geometric = True
 
     def __init__(self, rotate_deg: float = 10.0, scale: float = 0.1, translate: float = 0.05,
                  prob: float = 0.8) -> None:
@@ -384,6 +391,18 @@ class RandCompose:
         for transform in self.transforms:
             images = transform(images)
         return images
+
+    def pair(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``images`` and their masks ``(N, K, H, W)`` (float) under the same draws: geometric transforms move
+        both alike, the others change the images only. The images come out as ``self(images)`` would."""
+        channels = images.shape[1]
+        for transform in self.transforms:
+            if transform.geometric:
+                moved = transform(torch.cat([images, masks.to(images.dtype)], 1))
+                images, masks = moved[:, :channels], moved[:, channels:]
+            else:
+                images = transform(images)
+        return images, masks
 
 
 @dataclass

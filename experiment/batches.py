@@ -1,5 +1,6 @@
 """Training and evaluation batches for :func:`experiment.engine.fit`, for any map-style dataset of
-``(image, label)`` items: in-memory 2D slices and NIfTI volumes alike.
+``(image, label)`` items (or ``(image, label, mask)``, the mask moved along with the image by the augmentation's
+geometric transforms): in-memory 2D slices and NIfTI volumes alike.
 
 :class:`TrainBatches` draws each epoch from ``(seed, key, epoch)``: the order (shuffled or class-balanced),
 the augmentation and the loader workers' seeds. Epoch ``e`` is therefore the same whether or not the run was
@@ -18,7 +19,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from experiment.seeding import seed_worker, torch_generator
 
-Batch = tuple[torch.Tensor, torch.Tensor]
+Batch = tuple[torch.Tensor, ...]
+"""``(images, labels)`` or ``(images, labels, masks)``."""
 
 AUGMENT_STREAM, WORKER_STREAM = 1, 2
 """Seed keys that separate an epoch's augmentation and loader-worker streams from its sampling stream."""
@@ -32,6 +34,10 @@ class Augmentation(Protocol):
         ...
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        ...
+
+    def pair(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``images`` and their masks under the same draws (masks follow the geometric transforms only)."""
         ...
 
 
@@ -93,8 +99,14 @@ class TrainBatches:
                             generator=torch_generator(self.seed, self.key, epoch, WORKER_STREAM, self.rank))
         if self.augmentation is not None:
             self.augmentation.reseed(self.seed, self.key, epoch, AUGMENT_STREAM, self.rank)
-        for images, labels in loader:
-            yield (images if self.augmentation is None else self.augmentation(images)), labels
+        for images, labels, *masks in loader:
+            if self.augmentation is None:
+                yield images, labels, *masks
+            elif masks:
+                images, moved = self.augmentation.pair(images, masks[0])
+                yield images, labels, moved
+            else:
+                yield self.augmentation(images), labels
 
 
 def eval_batches(dataset: Dataset, batch_size: int, num_workers: int = 0) -> DataLoader:

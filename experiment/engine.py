@@ -39,7 +39,8 @@ from experiment.seeding import seed_everything
 
 log = logging.getLogger(__name__)
 
-Batch = tuple[torch.Tensor, torch.Tensor]
+Batch = tuple[torch.Tensor, ...]
+"""``(images, labels)``, or ``(images, labels, masks)`` for objectives that supervise where a model looks."""
 
 
 class NonFiniteLossError(UserError, RuntimeError):
@@ -60,8 +61,10 @@ class Objective(Protocol):
     """How a model's output becomes a loss, class scores and class probabilities (one per model family;
     e.g. :class:`experiment.objectives.CrossEntropyObjective`)."""
 
-    def loss(self, output: Any, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """The scalar training loss and its named parts (for logging)."""
+    def loss(self, output: Any, images: torch.Tensor, targets: torch.Tensor,
+             masks: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """The scalar training loss and its named parts (for logging); ``masks`` (N, 1, H, W) are the batch's
+        region masks where the batches carry them (objectives that do not use them ignore them)."""
         ...
 
     def scores(self, output: Any) -> torch.Tensor:
@@ -127,7 +130,7 @@ def evaluate(model: nn.Module, objective: Objective, loader: Iterable[Batch], de
     model.eval()
     total, count, targets, scores = 0.0, 0, [], []
     with torch.no_grad():
-        for images, labels in loader:
+        for images, labels, *_ in loader:
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             with autocast(device, amp, cpu_bf16):
                 output = model(images)
@@ -217,12 +220,13 @@ def _train_epoch(model: nn.Module, objective: Objective, optimizer: torch.optim.
     count = 0
     bar = progress(batches, desc=f"{settings.phase} {epoch}/{settings.epochs}", disable=not is_main_process(),
                    mininterval=1.0)
-    for images, labels in bar:
+    for images, labels, *masks in bar:
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        masks = [mask.to(device, non_blocking=True) for mask in masks]  # passed only when the batches carry them
         optimizer.zero_grad(set_to_none=True)
         with autocast(device, settings.amp, settings.cpu_bf16):
             output = model(images)
-            loss, parts = objective.loss(output, images, labels)
+            loss, parts = objective.loss(output, images, labels, *masks)
         loss_value = loss.detach().item()
         check_finite({"loss": loss_value}, f"{settings.phase} epoch {epoch} step {step}", folder)
         scaler.scale(loss).backward()

@@ -14,9 +14,9 @@ class CrossEntropyObjective:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         self.weight, self.label_smoothing = weight, label_smoothing
 
-    def loss(self, output: torch.Tensor, images: torch.Tensor,
-             targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """Mean (weighted) cross-entropy and its single named part."""
+    def loss(self, output: torch.Tensor, images: torch.Tensor, targets: torch.Tensor,
+             masks: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """Mean (weighted) cross-entropy and its single named part (``masks`` are not used)."""
         weight = None if self.weight is None else self.weight.to(output.device)
         loss = F.cross_entropy(output.float(), targets, weight=weight, label_smoothing=self.label_smoothing)
         return loss, {"cross_entropy": float(loss.detach())}

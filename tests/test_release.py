@@ -30,12 +30,12 @@ SELECTED = {0: 2, 1: 3}
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Two finished folds of one configuration (3 epochs each, trust step included)."""
+    """Two finished folds of one configuration (gated capsnet, 3 epochs each, trust step included)."""
     root, threads = tmp_path_factory.mktemp("study"), torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         for fold, epoch in SELECTED.items():
-            cfg = make_cfg(root, f"fold={fold}", "train.epochs=3")
+            cfg = make_cfg(root, f"fold={fold}", "train.epochs=3", "+model.kwargs.attention=true")
             train.run(cfg)
             summary_path = Path(cfg.run_dir) / "summary.json"
             summary_path.write_text(json.dumps({**json.loads(summary_path.read_text()), "selected_epoch": epoch}))
@@ -69,7 +69,9 @@ def test_release_follows_the_cross_validated_rules(study: Path, released: dict[s
     assert load_checkpoint(out.with_suffix(".pt"))["epoch"] == 3
     assert (out.parent / "tiny-run" / "checkpoints" / "finetune" / "epoch-0003.pt").is_file()
     classifier, meta = load_classifier(out.with_suffix(".pt"))
-    assert meta["image_size"] == 32 and meta["model_name"] == "capsnet"
+    assert meta["image_size"] == 32 and meta["model_name"] == "capsnet" and meta["model_kwargs"]["attention"]
+    metrics = (out.parent / "tiny-run" / "metrics.jsonl").read_text().splitlines()
+    assert all("train_attention" in json.loads(line)["values"] for line in metrics if '"scalars"' in line)
     temperatures = [f["calibration"]["temperature"] for f in folds]
     assert record["calibration"]["temperature"] == pytest.approx(np.median(temperatures))
     assert float(classifier.temperature) == pytest.approx(record["calibration"]["temperature"])
