@@ -47,7 +47,8 @@ def model_card(record: dict[str, Any]) -> str:
         f"through `datasets.transforms.preprocess_slice` in the `{model['geometry']}` geometry ({geometry} to "
         f"{model['image_size']} px) with robust intensity scaling. The released model was trained on every patient "
         f"for {record['epochs']['value']} epochs ({record['epochs']['rule']}; selected epochs "
-        f"{record['epochs']['selected']}), with the study's settings and seed {train['seed']}.", "",
+        f"{record['epochs']['selected']}), with the study's settings and seed {train['seed']}. Network settings: "
+        + ", ".join(f"`{key}={value}`" for key, value in sorted(model["kwargs"].items())) + ".", "",
         "## Cross-validated performance", "",
         f"Each fold's model was trained on the other folds' patients, selected and calibrated on validation "
         f"patients and tested once on its test patients ({cv['split']} split, patient-wise; {len(cv['folds'])} of its "
