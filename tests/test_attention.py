@@ -60,7 +60,7 @@ def test_attention_loss_rewards_the_gate_that_matches_the_mask() -> None:
     with torch.no_grad():
         output = _gated().train()(images)
     without, parts = objective.loss(output, images, labels)
-    assert "attention" not in parts  # no masks in the batch (synthetic shards): no gate loss
+    assert "attention" not in parts  # no masks in the batch (pretraining): no gate loss
     with_masks, parts = objective.loss(output, images, labels, masks)
     assert float(with_masks - without) == pytest.approx(2.0 * parts["attention"], rel=1e-4)
 
