@@ -47,7 +47,6 @@ runs nothing (it reads the data to count each fold's training slices).
 from __future__ import annotations
 
 import fcntl
-import json
 import math
 import os
 import re
@@ -65,7 +64,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 from capsule_classifier.layout import CONFIG_DIR, fold_run_dirs
-from capsule_classifier.report import EXTERNAL_CHECK, STUDY_FILE
+from capsule_classifier.report import EXTERNAL_CHECK, STUDY_FILE, read_json_object
 from datasets.config import split_tag
 from datasets.external_glioma import DEFAULT_OUT as DEFAULT_EXTERNAL
 from datasets.out_of_scope_set import VERSION as OUT_OF_SCOPE_VERSION
@@ -396,10 +395,7 @@ def _module(module: str, out: Path) -> Callable[[], list[str]]:
 
 def _current_set(folder: Path) -> bool:
     """The out-of-scope set in ``folder`` is built, by this version of its builder."""
-    try:
-        return json.loads((folder / "README.json").read_text(encoding="utf-8")).get("version") == OUT_OF_SCOPE_VERSION
-    except (OSError, ValueError, AttributeError):
-        return False
+    return read_json_object(folder / "README.json").get("version") == OUT_OF_SCOPE_VERSION
 
 
 def _report_current(study: Path, report: Path) -> bool:
@@ -416,12 +412,7 @@ def _study_record(run_dir: Path, record: dict[str, Any], generator: Path | None)
     def write() -> None:
         if not (run_dir / "summary.json").is_file():
             raise UserError(f"{run_dir} has no summary.json after training")
-        wall = None
-        if generator is not None:
-            try:
-                wall = json.loads((generator / "summary.json").read_text(encoding="utf-8")).get("wall_time_s")
-            except (OSError, ValueError):
-                wall = None
+        wall = None if generator is None else read_json_object(generator / "summary.json").get("wall_time_s")
         atomic_write_json(run_dir / STUDY_FILE, {**record, "generator_wall_time_s": wall})
     return write
 

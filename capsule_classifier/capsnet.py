@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["GATE_STRIDES", "TRAINING_ONLY_PREFIX", "CapsNet", "CapsuleObjective", "ClassCapsules", "attention_loss",
-           "capsnet", "margin_loss", "squash"]
+           "capsnet", "has_attention_gate", "margin_loss", "squash"]
 
 GATE_STRIDES = {4: 3, 8: 4}
 """Attention-gate stride (input pixels per cell of its map) -> how many ``features`` blocks run before it."""
@@ -64,6 +64,11 @@ def attention_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     target = target.flatten(1)
     dice = (2 * (gate * target).sum(1) + 1) / (gate.sum(1) + target.sum(1) + 1)
     return cross_entropy + (1 - dice).mean()
+
+
+def has_attention_gate(model: nn.Module) -> bool:
+    """Whether ``model`` is a capsnet with the tumour attention gate (whose ``forward`` returns its logits)."""
+    return isinstance(model, CapsNet) and model.attention is not None
 
 
 def _conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int, stride: int) -> nn.Sequential:
@@ -141,13 +146,11 @@ class CapsNet(nn.Module):
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         output: dict[str, torch.Tensor] = {}
-        if self.attention is None:
-            trunk = self.features(images)
-        else:
-            early = self.features[:self.gate_after](images)
+        early = self.features[:self.gate_after](images)
+        if self.attention is not None:
             output["attention_logits"] = self.attention(early)
-            trunk = self.features[self.gate_after:](early * output["attention_logits"].sigmoid())
-        features = self.primary(trunk)
+            early = early * output["attention_logits"].sigmoid()
+        features = self.primary(self.features[self.gate_after:](early))
         n, _, height, width = features.shape
         primary = squash(features.view(n, self.primary_types, self.primary_dim, height, width), dim=2)
         poses = self.classes(primary)

@@ -32,6 +32,7 @@ from scipy import ndimage
 from torch import nn
 
 from capsule_classifier.activations import captured
+from capsule_classifier.capsnet import has_attention_gate
 from capsule_classifier.data import to_input
 
 if TYPE_CHECKING:
@@ -58,7 +59,7 @@ OVERLAY_ALPHA = 0.5
 def explanation_layer(model_name: str, model: nn.Module) -> str:
     """Where the map of ``model`` (of family ``model_name``) is taken: :data:`ATTENTION` for a model with an
     attention gate, else ``CAM_LAYERS[model_name]``."""
-    return ATTENTION if getattr(model, "attention", None) is not None else CAM_LAYERS[model_name]
+    return ATTENTION if has_attention_gate(model) else CAM_LAYERS[model_name]
 
 
 def map_method(layer: str) -> str:

@@ -48,7 +48,7 @@ from capsule_classifier.config import ClassifierTrainConfig
 from capsule_classifier.deploy import ProbabilityModel, default_model, save_classifier
 from capsule_classifier.export import export
 from capsule_classifier.model_card import model_card
-from capsule_classifier.report import summary_problem
+from capsule_classifier.report import read_json_object, summary_problem
 from capsule_classifier.train import (
     PHASE_KEYS,
     build_augmentation,
@@ -267,7 +267,7 @@ def release(study: str | os.PathLike, out: str | os.PathLike, root: str | None =
                 "data_fingerprint": folds[0].summary["data"]["fingerprint"], "model": cfg.model.name,
                 "model_kwargs": OmegaConf.to_container(cfg.model.kwargs, resolve=True), "seed": cfg.seed,
                 "epochs": count}
-    finished = _read_json(paths["json"])
+    finished = read_json_object(paths["json"])
     if finished.get("identity") == identity and paths["pt"].is_file() and paths["onnx"].is_file():
         log.info("already released: %s", paths["json"])
         return finished
@@ -323,13 +323,6 @@ def _export(paths: dict[str, Path], run_dir: RunDir) -> dict[str, Any]:
                            f"released model may have; not written (staged at {staged})")
     atomic_write_bytes(paths["onnx"], staged.read_bytes())
     return {**report, "onnx": str(paths["onnx"]), "bytes": size}
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
 
 
 @reports_user_errors

@@ -80,7 +80,12 @@ def find_summaries(runs: Sequence[str | os.PathLike]) -> list[tuple[Path, dict[s
     return sorted(found.items())
 
 
-def _read_summary(path: Path) -> dict[str, Any]:
+def _read_json(path: Path) -> Any:
+    """The JSON value in ``path``, reading at most :data:`MAX_SUMMARY_BYTES`.
+
+    Raises:
+        ReportError: unreadable, too big, or not UTF-8 JSON (naming the file).
+    """
     try:
         with open(path, "rb") as handle:
             data = handle.read(MAX_SUMMARY_BYTES + 1)
@@ -89,9 +94,23 @@ def _read_summary(path: Path) -> dict[str, Any]:
     if len(data) > MAX_SUMMARY_BYTES:
         raise ReportError(f"{path} is over {MAX_SUMMARY_BYTES} bytes: not a fold summary")
     try:
-        summary = json.loads(data.decode("utf-8"))
+        return json.loads(data.decode("utf-8"))
     except ValueError as error:  # not UTF-8, not JSON
         raise ReportError(f"{path} is not valid JSON: {error}") from error
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path`` (at most :data:`MAX_SUMMARY_BYTES`), or ``{}`` when it is missing, unreadable,
+    too big or not an object: for optional records beside a run."""
+    try:
+        value = _read_json(path)
+    except ReportError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _read_summary(path: Path) -> dict[str, Any]:
+    summary = _read_json(path)
     problem = summary_problem(summary)
     if problem:
         raise ReportError(f"{path} is not a classifier fold summary: {problem}")
@@ -145,8 +164,8 @@ def run_key(summary: dict[str, Any]) -> tuple[int, Any]:
 def run_numbers(run_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
     """The :data:`STUDY_METRICS` of one run (``None`` where missing), its study row and control epochs."""
     trust = summary.get("trust") if isinstance(summary.get("trust"), dict) else {}
-    external = _small_json(run_dir / EXTERNAL_CHECK / "report.json")
-    study = _small_json(run_dir / STUDY_FILE)
+    external = read_json_object(run_dir / EXTERNAL_CHECK / "report.json")
+    study = read_json_object(run_dir / STUDY_FILE)
     control = study.get("control") if isinstance(study.get("control"), dict) else {}
     recall = external.get("recall") if isinstance(external.get("recall"), dict) else {}
     values = {"test_ece_after": trust.get("test_ece_after"), "auroc_healthy_brain": trust.get("auroc_healthy_brain"),
@@ -154,17 +173,6 @@ def run_numbers(run_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
               "wall_time_s": summary.get("wall_time_s"), "generator_wall_time_s": study.get("generator_wall_time_s")}
     return {**{key: float(value) if _number(value) else None for key, value in values.items()},
             "row": study.get("row"), "control_epochs": control.get("train_epochs"), "control_rule": control.get("rule")}
-
-
-def _small_json(path: Path) -> dict[str, Any]:
-    """A JSON object of at most :data:`MAX_SUMMARY_BYTES`, or ``{}`` when missing, too big or not an object."""
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_SUMMARY_BYTES + 1)
-        value = json.loads(data.decode("utf-8")) if len(data) <= MAX_SUMMARY_BYTES else {}
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 def build_report(summaries: Sequence[tuple[Path, dict[str, Any]]]) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader
 from capsule_classifier import build_model, build_objective, model_entry, parameter_counts
 from capsule_classifier import config as classifier_config
 from capsule_classifier.calibration import calibrate
+from capsule_classifier.capsnet import has_attention_gate
 from capsule_classifier.data import SliceDataset, load_pretrain_shards
 from capsule_classifier.deploy import save_classifier
 from capsule_classifier.trust import fit_trust, headline_numbers
@@ -106,8 +107,7 @@ def build_classifier(cfg: DictConfig) -> tuple[nn.Module, Objective]:
 def training_slices(model: nn.Module, part: SliceSet) -> SliceDataset:
     """``part``'s slices and labels for fine-tuning, with its tumour masks when ``model`` has an attention gate
     (the gate learns from them)."""
-    masks = part.masks if getattr(model, "attention", None) is not None else None
-    return SliceDataset(part.images, part.labels, masks)
+    return SliceDataset(part.images, part.labels, part.masks if has_attention_gate(model) else None)
 
 
 def build_augmentation(augment: DictConfig) -> RandCompose | None:
