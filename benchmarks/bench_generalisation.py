@@ -8,6 +8,8 @@ slices only, under two or three settings, every fold of each on the same patient
 * ``after_long``: ``after`` with ``train.epochs=60``.
 * ``after_attention``: ``after_long`` with ``model.kwargs.attention=true`` (capsnet's mask-supervised gate).
 * ``after_attention_s4``: ``after_attention`` with the gate at stride 4 (``model.kwargs.attention_stride=4``).
+* ``after_attention_context``: ``after_attention_s4`` with the gate's context convolutions
+  (``model.kwargs.attention_dilations=[2,4,8]``).
 
     python benchmarks/bench_generalisation.py [--root ../shared/data] [--out runs/bench_generalisation]
         [--folds 0 1 2 3 4] [--settings before after ...] [--external runs/external/glioma]
@@ -50,12 +52,16 @@ SETTINGS = {"before": {"data.geometry": "resize", "augment": "basic"},
             "after_attention": {"data.geometry": "canonical", "augment": "robust", "train.epochs": "60",
                                 "+model.kwargs.attention": "true"},
             "after_attention_s4": {"data.geometry": "canonical", "augment": "robust", "train.epochs": "60",
-                                   "+model.kwargs.attention": "true", "+model.kwargs.attention_stride": "4"}}
+                                   "+model.kwargs.attention": "true", "+model.kwargs.attention_stride": "4"},
+            "after_attention_context": {"data.geometry": "canonical", "augment": "robust", "train.epochs": "60",
+                                        "+model.kwargs.attention": "true", "+model.kwargs.attention_stride": "4",
+                                        "+model.kwargs.attention_dilations": "[2,4,8]"}}
 """``canonical_basic`` (optional) separates the geometry's share of the difference from the augmentation's;
 ``after_ema`` validates, selects and saves a moving average of ``after``'s weights (the same training draws);
 ``after_long`` trains ``after`` for 60 epochs instead of 40 (the robust augmentation's models were still improving);
 ``after_attention`` is ``after_long`` with capsnet's tumour attention gate, supervised by the masks, at stride 8;
-``after_attention_s4`` the same gate at stride 4."""
+``after_attention_s4`` the same gate at stride 4; ``after_attention_context`` that gate with dilated context
+convolutions (its 25 px receptive field missed gliomas for other bright structures)."""
 BASELINE = "before"
 COMMON = {"model": "capsnet", "data.split": "cvind", "data.image_size": "128", "pretrain.shards": "null",
           "monitor.visdom": "false", "seed": "0"}

@@ -6,9 +6,10 @@ not the parameter count):
     stem     conv 5x5/2 (1->16), conv 3x3/2 (16->32), conv 3x3 (32->32)   BN + ReLU each
     trunk    conv 3x3/2 (32->64), conv 3x3/2 (64->64)                      BN + ReLU each
     gate     (optional, ``attention=True``) a tumour map at stride ``attention_stride`` (4: after the stem,
-             8: between the two trunk convs), conv 3x3 (->16) BN ReLU, conv 1x1 (16->1), sigmoid; the features
-             there are multiplied by it, so the capsules see only what the gate lets through (an attention
-             gate, Schlemper et al., 2019)
+             8: between the two trunk convs), conv 3x3 (->16) BN ReLU, one dilated conv 3x3 (16->16) BN ReLU
+             per ``attention_dilations`` entry (context: at stride 4 a cell sees 25 px of the input, 137 px with
+             dilations (2, 4, 8)), conv 1x1 (16->1), sigmoid; the features there are multiplied by it, so the
+             capsules see only what the gate lets through (an attention gate, Schlemper et al., 2019)
     primary  conv 3x3/2 (64 -> types x dims), squash        -> (side/32)^2 x types capsules
     class    one capsule per tumour type, dynamic routing-by-agreement (3 iterations)
     decoder  (optional, training only) the longest class capsule -> a 32x32 reconstruction of the input
@@ -21,6 +22,8 @@ routing is vectorised over samples and capsules; the only Python loop runs over 
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -30,6 +33,8 @@ __all__ = ["GATE_STRIDES", "TRAINING_ONLY_PREFIX", "CapsNet", "CapsuleObjective"
 
 GATE_STRIDES = {4: 3, 8: 4}
 """Attention-gate stride (input pixels per cell of its map) -> how many ``features`` blocks run before it."""
+GATE_WIDTH = 16
+"""Channels of the attention gate's hidden convolutions."""
 
 TRAINING_ONLY_PREFIX = "decoder."
 """Parameter-name prefix of the reconstruction decoder, which only training uses (inference never runs it)."""
@@ -71,8 +76,10 @@ def has_attention_gate(model: nn.Module) -> bool:
     return isinstance(model, CapsNet) and model.attention is not None
 
 
-def _conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int, stride: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2, bias=False),
+def _conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int, stride: int,
+                  dilation: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, kernel_size, stride, dilation * (kernel_size // 2),
+                                   dilation=dilation, bias=False),
                          nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
 
 
@@ -122,24 +129,30 @@ class CapsNet(nn.Module):
         attention: add the tumour attention gate; ``forward`` then also returns ``"attention_logits"``
             (N, 1, S/stride, S/stride), which :class:`CapsuleObjective` supervises with the tumour masks.
         attention_stride: where the gate sits (a key of :data:`GATE_STRIDES`).
+        attention_dilations: dilations of the gate's context convolutions (e.g. ``(2, 4, 8)``); empty: none.
     """
 
     def __init__(self, num_classes: int = 3, image_size: int = 128, primary_types: int = 16, primary_dim: int = 8,
                  class_dim: int = 16, routing_iterations: int = 3, decoder: bool = True,
-                 attention: bool = False, attention_stride: int = 8) -> None:
+                 attention: bool = False, attention_stride: int = 8,
+                 attention_dilations: Sequence[int] = ()) -> None:
         super().__init__()
         if image_size % 32 or image_size < 32:
             raise ValueError(f"capsnet needs an image size divisible by 32 and at least 32, got {image_size}")
         if attention_stride not in GATE_STRIDES:
             raise ValueError(f"attention_stride must be one of {sorted(GATE_STRIDES)}, got {attention_stride}")
+        if not all(isinstance(d, int) and d >= 1 for d in attention_dilations):
+            raise ValueError(f"attention_dilations must be positive integers, got {list(attention_dilations)}")
         self.image_size, self.primary_types, self.primary_dim = image_size, primary_types, primary_dim
         self.features = nn.Sequential(
             _conv_bn_relu(1, 16, 5, 2), _conv_bn_relu(16, 32, 3, 2), _conv_bn_relu(32, 32, 3, 1),
             _conv_bn_relu(32, 64, 3, 2), _conv_bn_relu(64, 64, 3, 2))
         self.gate_after = GATE_STRIDES[attention_stride]
         gate_channels = self.features[self.gate_after - 1][0].out_channels
-        self.attention = nn.Sequential(_conv_bn_relu(gate_channels, 16, 3, 1), nn.Conv2d(16, 1, 1)) \
-            if attention else None
+        self.attention = nn.Sequential(
+            _conv_bn_relu(gate_channels, GATE_WIDTH, 3, 1),
+            *(_conv_bn_relu(GATE_WIDTH, GATE_WIDTH, 3, 1, dilation) for dilation in attention_dilations),
+            nn.Conv2d(GATE_WIDTH, 1, 1)) if attention else None
         self.primary = nn.Conv2d(64, primary_types * primary_dim, 3, stride=2, padding=1)
         self.classes = ClassCapsules(primary_types, primary_dim, num_classes, class_dim, routing_iterations)
         self.decoder = _Decoder(num_classes * class_dim) if decoder else None

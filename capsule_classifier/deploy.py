@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 REQUIRED_KEYS = ("model", "model_name", "model_kwargs", "image_size", "class_names")
 MAX_CLASSES = 1000
+MAX_KWARG_ITEMS = 16
+"""The most items a list-valued builder argument of a saved model may hold."""
 DEFAULT_MODEL = Path("models/capsnet-figshare.onnx")
 """The released model (``capsule_classifier/release.py``), relative to the repository root: what ``predict.py`` and
 ``evaluate.py`` use when given no model, unless ``$BRAIN_TUMOUR_MODEL`` names another (:func:`default_model`)."""
@@ -177,7 +179,8 @@ def _detector(path: str | os.PathLike, meta: Any, model: nn.Module, num_classes:
 
 
 def _builder_kwargs(path: str | os.PathLike, name: Any, kwargs: Any) -> dict[str, Any]:
-    """The builder arguments of a saved model: plain numbers or booleans; weight-initialising ones dropped."""
+    """The builder arguments of a saved model: plain numbers, booleans or short lists of numbers;
+    weight-initialising ones dropped."""
     try:
         init_only = model_entry(name).init_only_kwargs
     except (TypeError, ValueError) as error:
@@ -190,7 +193,12 @@ def _builder_kwargs(path: str | os.PathLike, name: Any, kwargs: Any) -> dict[str
                     path, {key: kwargs[key] for key in dropped})
     kept = {key: value for key, value in kwargs.items() if key not in init_only}
     for key, value in kept.items():
-        if not (value is None or isinstance(value, (bool, int, float))):
-            raise ModelInputError(f"{path}: model_kwargs must be numbers, booleans or null; {key} is "
-                                  f"{str(value)[:40]!r}")
-    return kept
+        if not (_plain(value) or (isinstance(value, (list, tuple)) and len(value) <= MAX_KWARG_ITEMS
+                                  and all(_plain(item) for item in value))):
+            raise ModelInputError(f"{path}: model_kwargs must be numbers, booleans, null or short lists of "
+                                  f"numbers; {key} is {str(value)[:40]!r}")
+    return {key: list(value) if isinstance(value, tuple) else value for key, value in kept.items()}
+
+
+def _plain(value: Any) -> bool:
+    return value is None or isinstance(value, (bool, int, float))

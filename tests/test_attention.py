@@ -48,6 +48,26 @@ def test_gate_output_shape_and_a_closed_gate_hides_the_input(stride: int) -> Non
         build_model("capsnet", image_size=SIZE, attention=True, attention_stride=16)
 
 
+def test_context_convolutions_widen_what_a_gate_cell_sees_and_keep_plain_gates_loadable() -> None:
+    side, far = 64, (48, 48)  # cell (0, 0) of the stride-4 gate is centred near pixel (2, 2)
+    images = torch.zeros(1, 1, side, side)
+    poked = images.clone()
+    poked[0, 0, far[0], far[1]] = 1.0
+    for dilations, reaches in (((), False), ((2, 4, 8), True)):
+        torch.manual_seed(0)
+        model = build_model("capsnet", image_size=side, attention=True, attention_stride=4,
+                            attention_dilations=dilations).eval()
+        with torch.no_grad():
+            moved = model(poked)["attention_logits"][0, 0, 0, 0] - model(images)["attention_logits"][0, 0, 0, 0]
+        assert bool(moved.abs() > 1e-7) is reaches
+    plain = [name for name in _gated(4).state_dict() if name.startswith("attention.")]
+    assert plain == ["attention.0.0.weight", "attention.0.1.weight", "attention.0.1.bias",
+                     "attention.0.1.running_mean", "attention.0.1.running_var", "attention.0.1.num_batches_tracked",
+                     "attention.1.weight", "attention.1.bias"]  # the layout of gates trained before dilations
+    with pytest.raises(ValueError, match="attention_dilations"):
+        build_model("capsnet", image_size=SIZE, attention=True, attention_dilations=[0])
+
+
 def test_attention_loss_rewards_the_gate_that_matches_the_mask() -> None:
     masks = torch.zeros(2, 1, SIZE, SIZE)
     masks[:, :, 4:10, 20:28] = 1.0
@@ -112,7 +132,8 @@ def test_the_gate_is_the_explanation_map() -> None:
 
 
 def test_a_gated_fold_learns_its_gate_explains_with_it_and_exports(tmp_path: Path) -> None:
-    cfg = make_cfg(tmp_path, "fold=1", "+model.kwargs.attention=true", "train.epochs=3")
+    cfg = make_cfg(tmp_path, "fold=1", "+model.kwargs.attention=true", "+model.kwargs.attention_stride=4",
+                   "+model.kwargs.attention_dilations=[2,4]", "train.epochs=3")
     summary = train.run(cfg)
     run_dir = Path(cfg.run_dir)
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -121,7 +142,8 @@ def test_a_gated_fold_learns_its_gate_explains_with_it_and_exports(tmp_path: Pat
     explanations = json.loads((run_dir / "explanations.json").read_text())
     assert explanations["layer"] == ATTENTION and summary["trust"]["pointing_game"] == explanations["pointing_game"]
     classifier, meta = load_classifier(run_dir / "model.pt")
-    assert meta["model_kwargs"]["attention"] is True and classifier.model.attention is not None
+    assert meta["model_kwargs"]["attention"] is True and meta["model_kwargs"]["attention_dilations"] == [2, 4]
+    assert classifier.model.attention is not None
     export(run_dir / "model.pt", tmp_path / "gated.onnx")
     images = load_slices(None, SIZE).images[:4]
     with torch.no_grad():

@@ -129,6 +129,11 @@ BAD_INPUTS: dict[str, Case] = {
         write_model_pt(d / "kwargs.pt", model_kwargs={"bogus": 1}),) * 2,
     "model.pt builder argument naming a file": lambda d, m, mp: (
         write_model_pt(d / "path.pt", model_kwargs={"primary_types": str(d / "sentinel")}),) * 2,
+    "model.pt builder list naming a file": lambda d, m, mp: (
+        write_model_pt(d / "list.pt", model_kwargs={"attention": True, "attention_dilations": [str(d / "sentinel")]}),
+    ) * 2,
+    "model.pt builder list too long": lambda d, m, mp: (
+        write_model_pt(d / "long.pt", model_kwargs={"attention": True, "attention_dilations": [1] * 10**6}),) * 2,
     "model.pt unknown model": lambda d, m, mp: (write_model_pt(d / "name.pt", model_name="nope"),) * 2,
     "ONNX image_size 100000": lambda d, m, mp: (onnx_with(m, d / "huge.onnx", image_size="100000"),) * 2,
     "ONNX image_size 'abc'": lambda d, m, mp: (onnx_with(m, d / "abc.onnx", image_size="abc"),) * 2,
