@@ -50,6 +50,22 @@ def tumour_windows(images: np.ndarray, masks: np.ndarray, crop: int, radius: flo
                      for image, mask in zip(images, masks, strict=True)])
 
 
+def run_arch(run_dir: Path) -> dict[str, Any]:
+    """The generator design a finished run records in its ``summary.json`` (crop size, erase radius, ...).
+
+    Raises:
+        DataError: no readable summary with an ``arch`` (the run has not finished).
+    """
+    path = Path(run_dir) / "summary.json"
+    try:
+        arch = json.loads(path.read_text(encoding="utf-8"))["arch"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise DataError(f"{path}: not a finished generator run (no summary with its arch): {error}") from error
+    if not isinstance(arch, dict):
+        raise DataError(f"{path}: arch must be a mapping")
+    return arch
+
+
 def assess(shards: Path, judge_path: Path, run_dir: Path, *, seed: int = 0) -> dict[str, Any]:
     """Write the judge-based sections of ``run_dir/quality.json`` for ``shards``; return them.
 
@@ -57,6 +73,7 @@ def assess(shards: Path, judge_path: Path, run_dir: Path, *, seed: int = 0) -> d
         DataError / ShardError: unreadable shards, judge or run directory, or shards of another fold.
     """
     fold = load_run_fold(run_dir)
+    arch = run_arch(run_dir)
     images, labels, manifest = read_shards(shards)
     if manifest.get("provenance", {}).get("fold") != fold.fold:
         raise DataError(f"{shards} holds shards of fold {manifest.get('provenance', {}).get('fold')}, but {run_dir} "
@@ -69,7 +86,6 @@ def assess(shards: Path, judge_path: Path, run_dir: Path, *, seed: int = 0) -> d
     synth_probs, synth_features = judge(images)
     rng = np.random.default_rng(derive_seed(seed, 19))
     subset = rng.choice(len(images), size=min(len(images), fold.val.size), replace=False)
-    arch = json.loads((run_dir / "summary.json").read_text())["arch"]
     crop, radius = arch["crop_size"], arch["erase_radius"]
     synth_windows = np.stack([window(image, tuple(int(o) for o in origin), crop)
                               for image, origin in zip(images, meta["mask_origin"], strict=True)])

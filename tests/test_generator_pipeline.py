@@ -4,6 +4,7 @@ from __future__ import annotations
 import errno
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ from experiment.checkpoint import CheckpointError, load_checkpoint, save_checkpo
 from experiment.engine import NonFiniteLossError
 from experiment.rundir import RunDir, RunDirConflict
 from generative_model import checkpoint, gallery, synthesize, train
-from generative_model.assess import read_meta
+from generative_model.assess import assess, read_meta
 from generative_model.checkpoint import GENERATOR_FILE
 from generative_model.folds import load_fold_data
 from generative_model.pix2pix import Pix2Pix
@@ -238,6 +239,11 @@ def test_judge_assessment_and_gallery(base: Path, trained: Path) -> None:
     assert quality["frechet"]["synthetic_vs_train"] >= 0 and quality["frechet"]["val_vs_train"] >= 0
     memory = quality["memorisation"]
     assert -1 <= memory["tumour_window"]["val"]["mean"] <= 1 and memory["slice"]["synthetic"]["p99"] <= 1 + 1e-6
+    unfinished = base / "unfinished"
+    unfinished.mkdir()
+    shutil.copy(trained.parent / "config.yaml", unfinished)
+    with pytest.raises(DataError, match="not a finished generator run"):
+        assess(out, judge, unfinished)
     picture = gallery.gallery(trained.parent, out, base / "gallery.png", per_class=2)
     with Image.open(picture) as image:
         assert image.size[0] > 4 * 32 and image.size[1] > 3 * 32
