@@ -75,10 +75,12 @@ class ConditionConfig:
 @dataclass
 class TransplantConfig:
     """Synthesis (``generative_model.transplant``): a mask's donors are the ``neighbours`` most similar slices of
-    other patients in its plane; a tumour lies at least ``margin`` px inside the donor's head; pasted crops fade
-    out over ``feather`` px; ``tries`` (mask, donor) draws before giving up. Pixels at 128 px."""
+    other patients in its plane (with ``same_class``, only slices showing a tumour of the mask's class); a tumour
+    lies at least ``margin`` px inside the donor's head; pasted crops fade out over ``feather`` px; ``tries``
+    (mask, donor) draws before giving up. Pixels at 128 px."""
 
     neighbours: int = 16
+    same_class: bool = True
     margin: float = 2.0
     feather: float = 1.5
     tries: int = 200

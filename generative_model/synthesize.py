@@ -134,7 +134,8 @@ def _write(cfg: DictConfig, writer: ShardWriter, fold: FoldData, generator: torc
     size = cfg.data.image_size
     donors = Donors(fold.data.subset(fold.train), crop=arch["crop_size"], erase_radius=arch["erase_radius"],
                     margin=scaled(cfg.transplant.margin, size), feather=scaled(cfg.transplant.feather, size),
-                    tries=cfg.transplant.tries, neighbours=cfg.transplant.neighbours)
+                    tries=cfg.transplant.tries, neighbours=cfg.transplant.neighbours,
+                    same_class=cfg.transplant.same_class)
     num_shards = math.ceil(labels.size / cfg.shard_size)
     for shard in progress(range(num_shards), desc="synthesise shards"):
         if writer.has(shard):

@@ -127,13 +127,20 @@ def test_training_pairs_code_tumour_and_healthy_pairs_deterministically() -> Non
     assert seen == {0, 1, 2, HEALTHY}
 
 
-def test_transplants_stay_in_plane_across_patients_and_inside_the_head() -> None:
-    slices = _slices()
+def test_transplants_stay_in_plane_class_across_patients_and_inside_the_head() -> None:
+    toy = _slices()  # and six mirrored slices of six more patients, planes swapped: each class has both planes
+    slices = SliceSet(np.concatenate([toy.images, toy.images[:, :, ::-1]]),
+                      np.concatenate([toy.masks, toy.masks[:, :, ::-1]]), np.tile(toy.labels, 2),
+                      np.arange(100, 112), np.array(list("abcdefghijkl")),
+                      np.array(["axial", "coronal"] * 3 + ["coronal", "axial"] * 3), np.zeros(12, dtype=np.int64),
+                      "toy", "f")
     donors = Donors(slices, crop=CROP, erase_radius=2, margin=2, feather=1.0, tries=50, neighbours=2)
     rng = np.random.default_rng(0)
     plans = [donors.draw(label, rng) for label in [0, 1, 2] * 10]
+    mixed = Donors(slices, crop=CROP, erase_radius=2, margin=2, feather=1.0, tries=50, neighbours=2, same_class=False)
+    assert any(slices.labels[mixed.draw(label, rng).donor] != label for label in [0, 1, 2] * 10)
     for plan in plans:
-        assert slices.labels[plan.mask] == plan.label
+        assert slices.labels[plan.mask] == slices.labels[plan.donor] == plan.label
         assert slices.subjects[plan.donor] != slices.subjects[plan.mask]
         assert slices.planes[plan.donor] == slices.planes[plan.mask]
         assert not (donors.holes[plan.mask] & ~donors.inner[plan.donor]).any()
