@@ -93,9 +93,10 @@ class Row:
     overrides: tuple[str, ...] = ()
 
 
-GATE = ("+model.kwargs.attention=true", "+model.kwargs.attention_stride=4")
-"""capsnet's tumour attention gate at stride 4, on in every capsnet row (chosen on the cvind validation folds of
-``benchmarks/bench_generalisation.py``: ``after_attention_s4`` against ``after_attention`` and ``after_long``)."""
+GATE = ("+model.kwargs.attention=true", "+model.kwargs.attention_stride=4", "+model.kwargs.attention_dilations=[2,4,8]")
+"""capsnet's tumour attention gate at stride 4 with its context convolutions, on in every capsnet row (chosen on the
+cvind folds of ``benchmarks/bench_generalisation.py``: ``after_attention_context`` against ``after_attention_s4``,
+``after_attention`` and ``after_long``)."""
 ROWS = {"capsnet-real": Row("capsnet", "scratch", sizes=(128, 256), overrides=GATE),
         "capsnet-synthetic": Row("capsnet", "synthetic", pretrain=True, overrides=GATE),
         "capsnet-control": Row("capsnet", "control", control=True, overrides=GATE),
